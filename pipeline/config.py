@@ -43,7 +43,7 @@ class Runtime(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = Field(0, ge=0)  # parallel CPU workers for per-image work; 0 = all cores
     loader_workers: int = Field(0, ge=0)  # torch DataLoader workers
-    task_runner: Literal["serial", "process", "dask"] = "process"
+    task_runner: Literal["serial", "process", "prefect", "dask"] = "process"
     dask_address: str | None = None  # scheduler address for task_runner: dask; None = local cluster
 
 

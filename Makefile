@@ -1,0 +1,35 @@
+# Two entry points for a new user (see README):  make run   |   make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-fast flow bench clean-outputs
+
+# Create the virtual environment and install the pinned dependencies (once; again when they change).
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: the whole DAG on the embedded toy dataset.
+run: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Unit tests plus the smoke-profile integration test of the whole DAG.
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+# The same DAG as a Prefect flow (temporary local Prefect server unless PREFECT_API_URL is set).
+flow: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.flow
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,37 @@
+"""Per-image fan-out: every runner returns the serial results in order (Dask and Prefect for real)."""
+
+import functools
+
+import pytest
+
+from pipeline.config import Runtime
+from pipeline.parallel import chunked, map_items
+
+
+def _affine(x: int, a: int, b: int) -> int:
+    return a * x + b
+
+
+def test_chunked_keeps_order_and_covers_all():
+    items = list(range(11))
+    chunks = chunked(items, 4)
+    assert [x for c in chunks for x in c] == items
+    assert len(chunks) == 4 and max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    assert chunked([1], 8) == [[1]]
+
+
+@pytest.mark.parametrize("runner", ["serial", "process"])
+def test_local_runners_match_serial(runner):
+    fn = functools.partial(_affine, a=3, b=1)
+    items = list(range(25))
+    assert map_items(fn, items, Runtime(task_runner=runner, workers=2)) == [3 * x + 1 for x in items]
+
+
+@pytest.mark.slow
+def test_dask_runner_matches_serial(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    fn = functools.partial(_affine, a=2, b=-5)
+    items = list(range(30))
+    serial = map_items(fn, items, Runtime(task_runner="serial"))
+    dask = map_items(fn, items, Runtime(task_runner="dask", workers=2))
+    assert dask == serial
