@@ -1,0 +1,76 @@
+"""params.yaml validation: defaults load, bad keys/types/ranges name the key, profiles are real params."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (ConfigError, deep_merge, load_params, parse_params, profile_overrides,
+                             set_args)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    p = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # every field of the schema is written in params.yaml (documented there, not only in code)
+    assert set(raw) == set(type(p).model_fields)
+    for name, section in raw.items():
+        assert set(section) == set(type(getattr(p, name)).model_fields), name
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train_cls": {"lr": "fast"}}, "train_cls.lr"),
+    ({"train_cls": {"learning_rate": 0.1}}, "train_cls.learning_rate"),
+    ({"dataset": {"toy": {"num_classes": 1}}}, "dataset.toy.num_classes"),
+    ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+    ({"pseudo": {"alpha1": 0.8, "alpha2": 0.7}}, "pseudo"),
+    ({"aream": {"enabled": "maybe"}}, "aream.enabled"),
+    ({"bogus": {}}, "bogus"),
+])
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert key in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_deep_merge_and_set_args():
+    merged = deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}})
+    assert merged == {"a": {"b": 3, "c": 2}}
+    assert set_args({"a": {"b": [1, 2]}, "d": 0.001}) == ["-S", "a.b=[1, 2]", "-S", "d=0.001"]
+
+
+@pytest.mark.parametrize("name", ["smoke", "voc"])
+def test_profiles_hold_only_real_parameters(name):
+    over = profile_overrides(name)
+    assert over, f"profile {name} is empty"
+    load_params(ROOT / "params.yaml", overrides=over)
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match="smoke"):
+        profile_overrides("nope")
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    r = subprocess.run([sys.executable, "-m", "pipeline.config", "apply", "nope", "--params", str(params)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: profile 'nope'")
+    r = subprocess.run([sys.executable, "-m", "pipeline.config", "apply", "smoke", "--params", str(params)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_params(params) != load_params(ROOT / "params.yaml")
