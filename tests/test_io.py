@@ -1,0 +1,66 @@
+"""Atomic writers, label PNG round trip with the VOC palette, and clear errors on bad files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.io import (DataError, atomic_dir, read_json, read_label_png, read_npz, read_rgb, write_json,
+                         write_label_png, write_npz, write_rgb)
+from pipeline.palette import voc_palette
+
+
+def test_voc_palette_known_entries():
+    pal = voc_palette()
+    assert pal[0].tolist() == [0, 0, 0]
+    assert pal[1].tolist() == [128, 0, 0]      # aeroplane
+    assert pal[15].tolist() == [192, 128, 128]  # person
+    assert pal[255].tolist() == [224, 224, 192]  # the ignore colour of VOC masks
+
+
+def test_label_png_round_trip_keeps_values_and_palette(tmp_path):
+    label = np.array([[0, 1, 20], [255, 7, 0]], np.uint8)
+    write_label_png(tmp_path / "a.png", label)
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.mode == "P"
+        assert np.array(img.getpalette()[:6]).tolist() == [0, 0, 0, 128, 0, 0]
+    np.testing.assert_array_equal(read_label_png(tmp_path / "a.png"), label)
+
+
+def test_failed_write_leaves_previous_file(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
+
+
+def test_atomic_dir_swaps_only_on_success(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as d:
+        (d / "x.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as d:
+            (d / "x.txt").write_text("2")
+            raise RuntimeError("interrupted")
+    assert (out / "x.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_readers_name_the_bad_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.jpg"):
+        read_rgb(bad)
+    with pytest.raises(DataError, match="missing.png"):
+        read_label_png(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="nope.npz"):
+        read_npz(tmp_path / "nope.npz")
+
+
+def test_rgb_and_npz_round_trip(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 6, 3), dtype=np.uint8)
+    write_rgb(tmp_path / "a.png", rgb)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "a.png"), rgb)
+    write_npz(tmp_path / "a.npz", x=np.arange(3, dtype=np.float16))
+    assert read_npz(tmp_path / "a.npz")["x"].dtype == np.float16
