@@ -1,0 +1,164 @@
+"""Stage `prepare`: build data/prepared/ (manifest.json, summary.json and any generated files).
+
+- ``toyvoc``: generate the toy dataset into data/prepared/toyvoc/VOCdevkit/VOC2012 and read it back
+  through the VOC reader, so the toy path exercises the real one.
+- ``voc``: check every image and mask of the two splits under ``dataset.root`` and reference them in
+  place (absolute paths).
+- ``coco``: rasterise the instance annotations into data/prepared/masks/<split>/<id>.png.
+
+The manifest's splits are always ``train`` and ``val`` (``dataset.train_split`` / ``val_split`` pick
+the source lists). The folder is built under a temporary name and swapped in only when everything
+succeeded, so a failing run (a corrupt image, a bad parameter) leaves an earlier data/prepared untouched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import ConfigError, Dataset, Params, Runtime
+from pipeline.data.coco import CocoItem, coco_classes, coco_items, load_coco_json, rasterize
+from pipeline.data.manifest import Manifest, Sample
+from pipeline.data.toyvoc import generate_toyvoc, toy_class_names
+from pipeline.data.voc import VOC_CLASSES, check_image, read_voc
+from pipeline.io import DataError, atomic_dir, write_json, write_label_png
+from pipeline.parallel import map_items
+from stages._common import MANIFEST, PREPARED, stage_main
+
+SUMMARY = PREPARED / "summary.json"
+TOY_SPLITS = ("train", "val", "trainval")
+
+
+def _mapper(runtime: Runtime) -> Callable[[Callable, list, str], list]:
+    return lambda fn, items, desc: map_items(fn, items, runtime, desc)
+
+
+def _rebase(samples: list[Sample], tmp: Path, final: Path) -> list[Sample]:
+    """Paths under the temporary build folder -> the same paths under the final folder."""
+    tmp = tmp.resolve()
+
+    def move(p: str | None) -> str | None:
+        return None if p is None else (final / Path(p).resolve().relative_to(tmp)).as_posix()
+
+    return [replace(s, image=move(s.image), mask=move(s.mask)) for s in samples]
+
+
+def _check_params(ds: Dataset) -> None:
+    if ds.name in ("voc", "coco") and not ds.root:
+        what = "VOCdevkit/VOC2012" if ds.name == "voc" else "the COCO folder (images + annotations/)"
+        raise ConfigError(f"dataset.root: required for dataset.name: {ds.name} (the path to {what})")
+    allowed = {"toyvoc": TOY_SPLITS, "coco": ("train", "val")}.get(ds.name)
+    for key in ("train_split", "val_split"):
+        value = getattr(ds, key)
+        if allowed and value not in allowed:
+            raise ConfigError(f"dataset.{key}: {value!r} is not a split of {ds.name} "
+                              f"(choose from {', '.join(allowed)})")
+
+
+def prepare_toyvoc(ds: Dataset, runtime: Runtime, tmp: Path) -> Manifest:
+    spec = ds.toy
+    if ds.max_images:
+        spec = spec.model_copy(update={"num_train": min(spec.num_train, ds.max_images),
+                                       "num_val": min(spec.num_val, ds.max_images)})
+    map_fn = _mapper(runtime)
+    voc_root = generate_toyvoc(tmp / "toyvoc", spec, map_fn)
+    names = toy_class_names(spec.num_classes)
+    splits = {}
+    for split, source in (("train", ds.train_split), ("val", ds.val_split)):
+        samples = read_voc(voc_root, source, names, ds.max_images, map_fn)
+        splits[split] = tuple(_rebase(samples, tmp, PREPARED))
+    return Manifest("toyvoc", tuple(names), splits)
+
+
+def prepare_voc(ds: Dataset, runtime: Runtime) -> Manifest:
+    map_fn = _mapper(runtime)
+    splits = {}
+    for split, source in (("train", ds.train_split), ("val", ds.val_split)):
+        splits[split] = tuple(read_voc(Path(ds.root).absolute(), source, VOC_CLASSES, ds.max_images, map_fn))
+    missing = [s.id for s in splits["val"] if s.mask is None]
+    if missing:
+        raise DataError(f"{ds.root}: val split {ds.val_split!r} needs masks for evaluation; "
+                        f"{len(missing)} images have none (first: {missing[0]})")
+    return Manifest("voc", VOC_CLASSES, splits)
+
+
+def coco_sample(item: CocoItem, out_dir: str, final_dir: str) -> Sample:
+    """Check one COCO image against its annotation record, write its rasterised mask, return its Sample."""
+    size = check_image(item.image)
+    if size != (item.height, item.width):
+        raise DataError(f"{item.image}: image is {size[1]}x{size[0]} but its annotation says "
+                        f"{item.width}x{item.height}")
+    try:
+        label = rasterize(item.anns, item.height, item.width)
+    except ValueError as err:
+        raise DataError(f"{item.image}: bad segmentation in its annotations ({err})") from None
+    write_label_png(Path(out_dir) / f"{item.id}.png", label)
+    return Sample(item.id, str(Path(item.image).absolute()), (Path(final_dir) / f"{item.id}.png").as_posix(),
+                  item.labels)
+
+
+def prepare_coco(ds: Dataset, runtime: Runtime, tmp: Path) -> Manifest:
+    root = Path(ds.root).absolute()
+    if not root.is_dir():
+        raise DataError(f"{root}: COCO root not found (dataset.root)")
+    map_fn = _mapper(runtime)
+    names: list[str] | None = None
+    splits = {}
+    for split, source in (("train", ds.train_split), ("val", ds.val_split)):
+        ann_path = root / getattr(ds.coco, f"{source}_annotations")
+        data = load_coco_json(ann_path)
+        split_names, cat_index = coco_classes(data)
+        if names is not None and split_names != names:
+            raise DataError(f"{ann_path}: its categories differ from the other split's annotation file")
+        names = split_names
+        drop = split == "train" or not ds.coco.keep_unlabelled
+        items = coco_items(data, root / getattr(ds.coco, f"{source}_images"), cat_index, drop, str(ann_path))
+        del data
+        if ds.max_images:
+            items = items[:ds.max_images]
+        if not items:
+            raise DataError(f"{ann_path}: no usable images in split {source!r}")
+        fn = partial(coco_sample, out_dir=str(tmp / "masks" / split), final_dir=str(PREPARED / "masks" / split))
+        splits[split] = tuple(map_fn(fn, items, f"coco {split} masks"))
+    return Manifest("coco", tuple(names or ()), splits)
+
+
+def summarize(manifest: Manifest) -> dict:
+    """Counts per split and label frequency (images containing each class)."""
+    out: dict = {"dataset": manifest.dataset, "num_classes": manifest.num_classes, "splits": {}}
+    for name, samples in manifest.splits.items():
+        freq = Counter(k for s in samples for k in s.labels)
+        out["splits"][name] = {
+            "images": len(samples),
+            "with_mask": sum(s.mask is not None for s in samples),
+            "labels_per_image": round(sum(len(s.labels) for s in samples) / max(len(samples), 1), 4),
+            "label_frequency": {manifest.class_names[k]: freq.get(k, 0) for k in range(1, manifest.num_classes + 1)},
+        }
+    return out
+
+
+def run(params: Params) -> Manifest:
+    ds = params.dataset
+    _check_params(ds)
+    with atomic_dir(PREPARED) as tmp:
+        if ds.name == "toyvoc":
+            manifest = prepare_toyvoc(ds, params.runtime, tmp)
+        elif ds.name == "voc":
+            manifest = prepare_voc(ds, params.runtime)
+        else:
+            manifest = prepare_coco(ds, params.runtime, tmp)
+        for name in ("train", "val"):
+            if not manifest.splits.get(name):
+                raise DataError(f"{ds.name}: split {name!r} is empty")
+        write_json(tmp / MANIFEST.name, manifest.to_dict())
+        write_json(tmp / SUMMARY.name, summarize(manifest))
+    sizes = ", ".join(f"{k}: {len(v)}" for k, v in manifest.splits.items())
+    print(f"prepared {ds.name}: {manifest.num_classes} classes, {sizes} -> {MANIFEST}")
+    return manifest
+
+
+if __name__ == "__main__":
+    stage_main(run)
