@@ -55,6 +55,8 @@ class ToySpec(Section):
     max_size: int = Field(144, ge=32)
     max_objects: int = Field(3, ge=1, le=8)
     boundary: int = Field(2, ge=0, le=16)  # width in pixels of the 255 ignore band
+    context: float = Field(0.6, ge=0, le=1)  # P(background = the first object's typical scene)
+    clutter: int = Field(3, ge=0, le=12)  # unlabelled distractor shapes per image: 0..clutter
     seed: int = 0
 
     @model_validator(mode="after")
@@ -69,6 +71,7 @@ class CocoSpec(Section):
     val_images: str = "val2014"
     train_annotations: str = "annotations/instances_train2014.json"
     val_annotations: str = "annotations/instances_val2014.json"
+    keep_unlabelled: bool = False  # keep val images without annotations (train always drops them)
 
 
 class Dataset(Section):
@@ -136,17 +139,32 @@ class PAR(Section):
 
 class Cams(Section):
     variants: list[Literal["cam", "avg", "aream", "first_k"]] = ["cam", "avg", "aream", "first_k"]
-    first_k: int = Field(3, ge=1)
+    first_k: int = Field(3, ge=1)  # must not exceed the classifier's depth (checked at export)
     scales: list[float] = [1.0, 0.75, 1.25]
     flip: bool = True
     stride: int = Field(4, ge=1)  # stored at image size / stride
     batch_size: int = Field(16, ge=1)
+    splits: list[str] = ["train", "val"]  # manifest splits exported
     sweep: list[float] = [0.0, 0.8, 0.01]  # background threshold start, stop (inclusive), step
+
+    @model_validator(mode="after")
+    def _check(self) -> "Cams":
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError("variants must list distinct CAM variants (at least one)")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError("scales must be a non-empty list of positive factors")
+        if not self.splits:
+            raise ValueError("splits must name at least one manifest split")
+        if len(self.sweep) != 3 or not (self.sweep[2] > 0 and self.sweep[1] >= self.sweep[0] >= 0):
+            raise ValueError("sweep must be [start, stop, step] with 0 <= start <= stop and step > 0")
+        return self
 
 
 class Analysis(Section):
     num_images: int = Field(32, ge=1)
     num_figures: int = Field(4, ge=0)
+    batch_size: int = Field(8, ge=1)
+    scale: float = Field(1.0, gt=0)  # single test scale of the analysis (no flip: one forward per image)
 
 
 class Post(Section):
@@ -173,10 +191,13 @@ class PSA(Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    radius: int = Field(5, ge=1)
+    embed_dim: int = Field(128, ge=1)  # AffinityNet embedding channels
+    radius: int = Field(5, ge=2)
     feature_stride: int = Field(4, ge=1)
+    alpha: float = Field(16, gt=0)  # background channel (1 - max)^alpha of the random-walk input
     beta: float = Field(8, gt=0)
     logt: int = Field(8, ge=0)
+    amp: bool = True  # used on CUDA only
     seed: int = 0
 
 
@@ -197,24 +218,39 @@ class Seg(Section):
     arch: Literal["deeplabv3plus", "deeplabv3", "deeplabv2"] = "deeplabv3plus"
     encoder: str = "resnet18"
     encoder_weights: str = "none"  # none | imagenet | path/to/weights.pth
+    output_stride: Literal[0, 8, 16] = 0  # 0 = the architecture's default (v3+: 16, v3 / v2: 8)
+    decoder_channels: int = Field(256, ge=8)  # ASPP / decoder width (deeplabv3plus, deeplabv3)
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=2)  # global batch (split over DDP processes)
     lr: float = Field(0.01, gt=0)
+    head_lr_mult: float = Field(1.0, gt=0)  # decoder / classifier learning-rate multiplier
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     poly_power: float = Field(0.9, ge=0)
     crop_size: int = Field(96, ge=16)
-    scale_range: list[float] = [0.75, 1.5]
+    scale_range: list[float] = Field([0.75, 1.5], min_length=2, max_length=2)
     hflip: bool = True
     amp: bool = True
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _scales(self) -> "Seg":
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError("scale_range must be [low, high] with 0 < low <= high")
+        return self
+
 
 class Eval(Section):
-    scales: list[float] = [1.0]
+    scales: list[float] = Field([1.0], min_length=1)
     flip: bool = True
     crf: bool = False
     num_overlays: int = Field(6, ge=0)
+
+    @model_validator(mode="after")
+    def _scales(self) -> "Eval":
+        if any(s <= 0 for s in self.scales):
+            raise ValueError("scales must all be > 0")
+        return self
 
 
 class Params(Section):

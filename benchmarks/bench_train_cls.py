@@ -1,0 +1,122 @@
+"""Classifier training-step throughput and peak memory, with and without the AReAM affinity loss.
+
+    python benchmarks/bench_train_cls.py [--steps 5] [--threads 0]
+
+Runs the toy configuration (params.yaml defaults: DeiT-Tiny layout, 96 px, patch 8, depth 6, batch 32,
+20 classes) on the CPU, and the paper's configuration (DeiT-S, 448 px, patch 16, depth 12, batch 32, bf16
+AMP) on CUDA when a GPU is present. Each reports images/s and peak memory for a classification-only step
+(fused attention, no capture) and a full AReAM step (attention capture, entropy weights, re-activated CAM,
+PAR, Eq. 16/17 labels, affinity loss), and their ratio: the AReAM overhead. Synthetic images and labels;
+both variants are measured in the same process, alternating, after a warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.aream import affinity_loss  # noqa: E402
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.models.vit import build_classifier  # noqa: E402
+from pipeline.train_cls import aream_targets, autocast_for, build_optimizer, classification_loss  # noqa: E402
+
+
+def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    targets = torch.zeros(batch, classes)
+    for i in range(batch):
+        k = torch.randint(1, 4, (1,), generator=g).item()
+        targets[i, torch.randperm(classes, generator=g)[:k]] = 1
+    return images.to(device), targets.to(device)
+
+
+def _step(model, opt, images, targets, params: Params, with_aream: bool, autocast, scaler):
+    with autocast():
+        out = model(images, capture=with_aream, with_cam=with_aream)
+    loss = classification_loss(out, targets)
+    if with_aream:
+        aff, _, w_hat, _ = aream_targets(out, images, targets, params)
+        loss = loss + params.aream.lam * affinity_loss(out.attn_logits, aff, w_hat)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(params: Params, num_classes: int, device: torch.device, steps: int, label: str) -> None:
+    c, t = params.classifier, params.train_cls
+    torch.manual_seed(0)
+    model = build_classifier(c, num_classes).to(device).train()
+    opt = build_optimizer(model, params)
+    autocast, scaler = autocast_for(device, t.amp)
+    images, targets = _batch(t.batch_size, c.img_size, num_classes, device)
+    times = {False: [], True: []}
+    peak = {}
+    for variant in (False, True):  # warm-up (allocations, kernels)
+        _step(model, opt, images, targets, params, variant, autocast, scaler)
+    for variant in (False, True):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, opt, images, targets, params, variant, autocast, scaler)
+            _sync(device)
+            times[variant].append(time.perf_counter() - start)
+        if device.type == "cuda":
+            peak[variant] = torch.cuda.max_memory_allocated(device) / 2**20
+        else:  # process high-water mark (monotone: the AReAM figure includes the baseline's)
+            peak[variant] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n== {label}: {c.backbone}, {c.img_size} px, patch {c.patch_size}, depth {c.depth}, "
+          f"batch {t.batch_size}, {num_classes} classes, {device}"
+          f"{', AMP' if device.type == 'cuda' and t.amp else ''}")
+    mem = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
+    for variant, name in ((False, "classification only"), (True, "with AReAM")):
+        med = statistics.median(times[variant])
+        print(f"  {name:20s} {t.batch_size / med:8.1f} images/s  ({med * 1000:7.1f} ms/step)  {mem} {peak[variant]:8.0f} MiB")
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"  AReAM step / classification step: {ratio:.2f}x time")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = load_params()
+    num_classes = params.dataset.toy.num_classes
+    toy = params.model_copy(update={"runtime": params.runtime.model_copy(update={"device": "cpu"})})
+    bench(toy, num_classes, torch.device("cpu"), args.steps, f"toy on CPU ({torch.get_num_threads()} threads)")
+    if torch.cuda.is_available():
+        paper = params.model_copy(update={
+            "classifier": params.classifier.model_copy(update={"backbone": "deit_small_patch16_224", "img_size": 448,
+                                                               "patch_size": 16, "depth": 12}),
+            "train_cls": params.train_cls.model_copy(update={"batch_size": 32, "amp": True})})
+        bench(paper, 20, torch.device("cuda"), args.steps, "paper setting on CUDA")
+    else:
+        print("\n(no CUDA device: the DeiT-S 448 px benchmark is skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

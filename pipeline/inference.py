@@ -1,0 +1,96 @@
+"""Test-time inference of the segmentation network: multi-scale + flip averaging, optional dense CRF.
+
+For each scale ``s`` the image is resized (bilinear) to ``round(H * s) x round(W * s)``, the
+network's softmax is computed (and, with ``flip``, the softmax of the mirrored image, mirrored
+back) and resized to ``H x W``; the result is the mean over all those maps. Scale 1.0 runs on the
+image untouched, so ``scales=[1.0], flip=False`` is exactly the single forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    return x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  amp: bool = False) -> torch.Tensor:
+    """Softmax averaged over scales (and horizontal flips).
+
+    model: logits (B, C, h, w) of an input (B, 3, h, w) in [0, 1], in eval mode.
+    image: (1, 3, H, W) float in [0, 1]. Returns (1, C, H, W) float32 probabilities (sum 1 per pixel).
+    ``amp``: float16 autocast on CUDA.
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if not scales:
+        raise ValueError("scales must not be empty")
+    h, w = image.shape[-2:]
+    total, count = None, 0
+    use_amp = amp and image.device.type == "cuda"
+    for s in scales:
+        if s <= 0:
+            raise ValueError(f"scales must be > 0, got {s}")
+        x = image if s == 1.0 else F.interpolate(
+            image, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        with torch.autocast(image.device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(batch)
+        probs = torch.softmax(logits.float(), dim=1)
+        if flip:
+            probs = probs[: len(x)] + probs[len(x):].flip(-1)
+        if probs.shape[-2:] != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        total = probs if total is None else total + probs
+        count += 2 if flip else 1
+    return total / count
+
+
+def crf_refine(image: np.ndarray, probs: np.ndarray, crf_kwargs: dict) -> np.ndarray:
+    """Dense CRF on network probabilities: image (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32.
+
+    ``crf_kwargs``: keyword arguments of :func:`pipeline.postprocess.crf.crf_inference`
+    (``crf_params(params.crf)``).
+    """
+    from pipeline.postprocess.crf import crf_inference
+
+    return crf_inference(image, np.asarray(probs, np.float32), **crf_kwargs)
+
+
+def crf_label(item: tuple[np.ndarray, np.ndarray], crf_kwargs: dict) -> np.ndarray:
+    """Picklable per-image job: (image (H, W, 3) uint8, probs (C, H, W)) -> CRF argmax (H, W) uint8."""
+    image, probs = item
+    return crf_refine(image, probs, crf_kwargs).argmax(0).astype(np.uint8)
+
+
+def to_label(probs: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(1, C, H, W) or (C, H, W) probabilities -> (H, W) uint8 argmax labels."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach()
+        if probs.ndim == 4:
+            probs = probs[0]
+        return probs.argmax(0).to(torch.uint8).cpu().numpy()
+    probs = np.asarray(probs)
+    return (probs[0] if probs.ndim == 4 else probs).argmax(0).astype(np.uint8)
+
+
+def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Concatenate (H, W_i, 3) uint8 panels left to right with white gaps: (H, sum W_i + gaps, 3)."""
+    h = panels[0].shape[0]
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    out = []
+    for i, p in enumerate(panels):
+        if i:
+            out.append(sep)
+        out.append(np.asarray(p, np.uint8))
+    return np.concatenate(out, axis=1)

@@ -1,0 +1,1 @@
+"""Networks: the multi-class-token ViT classifier (``vit``), AffinityNet (``affinitynet``), DeepLab."""

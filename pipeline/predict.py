@@ -1,0 +1,125 @@
+"""Segment your own images with a trained model.
+
+Usage::
+
+    python -m pipeline.predict --model models/segmenter/model.pt --out predictions/ img1.jpg photos/ ...
+
+Inputs are image files or folders (their .jpg / .jpeg / .png files, not recursive). For each
+image ``<stem>.<ext>`` it writes
+
+- ``OUT/<stem>.png``: the label map, a single-channel PNG with the VOC palette (0 background,
+  k = the model's class k, see the model's class names printed at start);
+- ``OUT/<stem>_overlay.jpg``: the prediction blended over the image.
+
+Options: ``--scales 0.5 1.0 1.5`` multi-scale inference (softmax averaged; default 1.0),
+``--flip`` adds horizontally flipped passes, ``--crf`` refines with a dense CRF (the default
+``crf`` parameters), ``--device auto|cpu|cuda|cuda:N``. A missing model stops with a message;
+unreadable images are reported and skipped, and the command then exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given plus the images directly inside given folders (sorted); raises
+    FileNotFoundError naming a missing input and ValueError when two outputs would collide."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen and seen[f.stem].resolve() != f.resolve():
+            raise ValueError(f"{seen[f.stem]} and {f} would both write {f.stem}.png; rename one")
+        seen[f.stem] = f
+    return list(dict.fromkeys(seen.values()))
+
+
+def predict_files(model_path: str | Path, files: list[Path], out: str | Path, scales: list[float] = (1.0,),
+                  flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True) -> list[str]:
+    """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
+    of the images that could not be read (they are skipped)."""
+    from pipeline.config import CRF
+    from pipeline.device import resolve_device
+    from pipeline.inference import crf_refine, image_tensor, predict_probs, to_label
+    from pipeline.io import DataError, read_rgb, write_label_png, write_rgb
+    from pipeline.models.segmenter import load_segmenter
+    from pipeline.palette import overlay
+
+    dev = resolve_device(device)
+    model = load_segmenter(model_path, dev)
+    crf_kwargs = None
+    if crf:
+        from pipeline.postprocess.crf import crf_params
+
+        crf_kwargs = crf_params(CRF())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with torch.no_grad():
+        for f in tqdm(files, desc="predict", disable=not progress):
+            try:
+                image = read_rgb(f)
+            except DataError as err:
+                errors.append(str(err))
+                continue
+            probs = predict_probs(model, image_tensor(image, dev), scales, flip, amp=dev.type == "cuda")
+            if crf_kwargs is not None:
+                label = to_label(crf_refine(image, probs[0].cpu().numpy(), crf_kwargs))
+            else:
+                label = to_label(probs)
+            write_label_png(out / f"{f.stem}.png", label)
+            write_rgb(out / f"{f.stem}_overlay.jpg", overlay(image, label))
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files or folders of .jpg / .png images")
+    parser.add_argument("--model", default="models/segmenter/model.pt", help="trained model (stage train_seg)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="inference scales (default: 1.0)")
+    parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    parser.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    if any(s <= 0 for s in args.scales):
+        parser.error("--scales must all be > 0")
+    from pipeline.io import DataError
+
+    try:
+        files = collect_inputs(args.inputs)
+        if not files:
+            raise ValueError(f"no .jpg / .png images in {', '.join(args.inputs)}")
+        if not Path(args.model).is_file():
+            raise DataError(f"{args.model}: segmentation model not found (train one with `dvc repro train_seg` "
+                            "or pass --model)")
+        errors = predict_files(args.model, files, args.out, args.scales, args.flip, args.crf, args.device)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    done = len(files) - len(errors)
+    print(f"wrote {done} label maps and overlays to {args.out}" + (f"; {len(errors)} images failed" if errors else ""),
+          file=sys.stderr)
+    return 2 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""Training the AReAM classifier (Eq. 20): data, augmentation, the affinity labels of every step, the
+schedule, validation mAP and a resumable epoch loop. File I/O (checkpoints, metrics) is left to the
+caller through callbacks (see ``stages/train_cls.py``).
+
+One step with the affinity loss (``aream.enabled`` and epoch >= ``aream.start_epoch``):
+
+1. forward with attention capture: logits, fused CAM M, sigma(A^(l)) and A^(l) for every layer;
+2. without gradient: M times the image-level labels (absent classes zeroed), max-normalised; entropy of
+   every layer's refined CAM (Eqs. 7-8, all layers) -> w, w_hat (Eqs. 9-10) per image, or the fixed
+   data-set weights (``aream.weights: dataset``); re-activated CAM M_hat (Eqs. 11-12, the first
+   ``refine_layers`` layers if set), max-normalised;
+3. M_hat upsampled to ``par_scale`` x the input size, refined by PAR with the (equally resized) image
+   (Eqs. 13-15), split by Eq. 16 (``aream.alpha1`` / ``alpha2``) into reliable foreground / background /
+   ignored, sampled at the patch centres to the token grid, turned into pair labels (Eq. 17);
+4. L = L_cls + lambda * L_aff (Eqs. 18-20), L_aff on the last ``loss_layers`` layers if set, with w_hat
+   detached.
+
+L_cls is the multi-label soft margin loss on the class-token logits plus the same on the PatchCAM logits.
+
+``aream.weights: dataset`` (the authors' code keeps one weight file): when the affinity loss starts (and
+again only if the weights are missing from a resumed checkpoint) the current model's layer entropies are
+averaged over the whole train split (resized to ``img_size``, no augmentation), Eqs. 9-10 turn the mean
+entropies into one (w, w_hat) pair for all images, and they stay fixed for the rest of training.
+
+Determinism: the shuffle order of epoch e comes from a generator seeded with (seed, e) and every
+sample's augmentation from ``numpy.random.default_rng([seed, e, index])``; checkpoints carry the model,
+optimizer, schedule, AMP scaler, fixed weights, history and the Python / numpy / torch RNG states, so a
+run stopped after any epoch and resumed ends with the same weights as an uninterrupted one (CPU, same
+software; loader workers do not change the result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.aream import (affinity_labels, affinity_loss, layer_entropy, normalize_cams, reactivated_affinity,
+                            reactivation_weights, refine_cams)
+from pipeline.config import Params
+from pipeline.io import read_rgb
+from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
+from pipeline.postprocess.labels import pseudo_labels
+from pipeline.postprocess.par import par_kwargs, par_refine
+
+IGNORE_INDEX = 255
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def random_resized_crop_box(height: int, width: int, scale: Sequence[float], rng: np.random.Generator,
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """A crop (x0, y0, x1, y1) covering a random area fraction in ``scale`` with a random aspect ratio
+    (log-uniform in ``ratio``); after 10 misses the largest centred crop within ``ratio``."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= width and 0 < ch <= height:
+            x0, y0 = int(rng.integers(0, width - cw + 1)), int(rng.integers(0, height - ch + 1))
+            return x0, y0, x0 + cw, y0 + ch
+    aspect = width / height
+    if aspect < ratio[0]:
+        cw, ch = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        ch, cw = height, int(round(height * ratio[1]))
+    else:
+        cw, ch = width, height
+    x0, y0 = (width - cw) // 2, (height - ch) // 2
+    return x0, y0, x0 + cw, y0 + ch
+
+
+def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """img (H, W, 3) float in [0, 1]: brightness, contrast, saturation factors in [1 - s, 1 + s]."""
+    if strength <= 0:
+        return img
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    b, c, s = rng.uniform(lo, hi, size=3)
+    img = img * b
+    gray = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    img = gray.mean() + (img - gray.mean()) * c
+    gray = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    img = gray + (img - gray) * s
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+class ClassificationDataset(Dataset):
+    """Images with multi-hot targets. ``train``: random-resized crop to ``img_size``, flip, colour jitter
+    (per-sample RNG from (seed, epoch, index)); otherwise the whole image resized to ``img_size``.
+
+    samples: objects with ``.image`` (path) and ``.labels`` (foreground classes 1..C).
+    Items: (image (3, S, S) float32 normalised, target (C,) float32).
+    """
+
+    def __init__(self, samples: Sequence[Any], num_classes: int, img_size: int, train: bool,
+                 crop_scale: Sequence[float] = (0.5, 1.0), hflip: bool = True, jitter: float = 0.0, seed: int = 0):
+        self.samples, self.num_classes, self.img_size, self.train = list(samples), num_classes, img_size, train
+        self.crop_scale, self.hflip, self.jitter, self.seed = tuple(crop_scale), hflip, jitter, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def target(self, i: int) -> np.ndarray:
+        out = np.zeros(self.num_classes, np.float32)
+        for k in self.samples[i].labels:
+            out[k - 1] = 1.0
+        return out
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        pil = Image.fromarray(read_rgb(sample.image))
+        size = (self.img_size, self.img_size)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            box = random_resized_crop_box(pil.height, pil.width, self.crop_scale, rng)
+            img = np.asarray(pil.resize(size, Image.BILINEAR, box=box), np.float32) / 255.0
+            if self.hflip and rng.random() < 0.5:
+                img = img[:, ::-1]
+            img = color_jitter(img, self.jitter, rng)
+            rgb = (img * 255.0 + 0.5).astype(np.uint8)
+        else:
+            rgb = np.asarray(pil.resize(size, Image.BILINEAR))
+        return image_to_tensor(rgb), torch.from_numpy(self.target(i))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and the affinity labels of one step
+# ---------------------------------------------------------------------------------------------
+
+
+def classification_loss(out: ClassifierOutput, targets: torch.Tensor) -> torch.Tensor:
+    """L_cls: multi-label soft margin on the class-token logits + on the PatchCAM logits. targets (B, C)."""
+    return (F.multilabel_soft_margin_loss(out.logits_cls.float(), targets)
+            + F.multilabel_soft_margin_loss(out.logits_patch.float(), targets))
+
+
+def labels_to_grid(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """labels (B, H, W) -> (B, h, w): the label at the centre pixel of every patch cell."""
+    hh, ww = labels.shape[-2:]
+    ys = ((torch.arange(grid[0], device=labels.device) + 0.5) * hh / grid[0]).long().clamp_max(hh - 1)
+    xs = ((torch.arange(grid[1], device=labels.device) + 0.5) * ww / grid[1]).long().clamp_max(ww - 1)
+    return labels[:, ys][:, :, xs]
+
+
+def present_channels(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """scores (B, C, H, W), targets (B, C) -> (B, K, H, W) with K = the most classes of one image: each
+    image's present classes first (others zero). PAR then skips the all-zero channels of absent classes."""
+    present = targets > 0
+    k = int(present.sum(dim=1).max().item()) if present.numel() else 0
+    if k == 0:
+        return scores[:, :0]
+    order = torch.argsort(present.float(), dim=1, descending=True, stable=True)[:, :k]  # (B, K)
+    keep = torch.gather(present, 1, order).to(scores.dtype)
+    picked = torch.gather(scores, 1, order[:, :, None, None].expand(-1, -1, *scores.shape[-2:]))
+    return picked * keep[:, :, None, None]
+
+
+@torch.no_grad()
+def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Tensor, params: Params,
+                  fixed: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Steps 2-3 of the module docstring. Returns (aff_labels (B, N, N) uint8, w (B, L), w_hat (B, L),
+    token labels (B, h, w))."""
+    a = params.aream
+    cams = normalize_cams(out.cam.float() * targets[:, :, None, None])
+    attn = out.attn.float()
+    n_layers = attn.shape[1]
+    if fixed is None:
+        w, w_hat = reactivation_weights(layer_entropy(cams, attn))
+    else:
+        w, w_hat = (t.to(attn.device).expand(attn.shape[0], -1) for t in fixed)
+    k_ref = min(a.refine_layers, n_layers) if a.refine_layers else n_layers
+    m_hat = refine_cams(cams, reactivated_affinity(attn[:, :k_ref], w[:, :k_ref]))
+    m_hat = normalize_cams(m_hat.clamp_min(0)) * targets[:, :, None, None]
+    size = (max(1, round(images.shape[-2] * a.par_scale)), max(1, round(images.shape[-1] * a.par_scale)))
+    scores = F.interpolate(present_channels(m_hat, targets), size=size, mode="bilinear", align_corners=False)
+    small = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    scores = par_refine(small, scores, **par_kwargs(params.par))
+    if scores.shape[1] == 0:
+        labels = torch.zeros(scores.shape[0], *size, dtype=torch.int64, device=scores.device)
+    else:
+        labels = pseudo_labels(scores, a.alpha1, a.alpha2)  # Eq. 16: 0, 1..K, 255
+    token_labels = labels_to_grid(labels, out.grid)
+    return affinity_labels(token_labels), w, w_hat, token_labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+# ---------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, params: Params) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9); no weight decay on biases, norms, tokens and position embeddings."""
+    t = params.train_cls
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or "token" in name or "pos_embed" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up to 1 over
+    ``warmup_steps``, then cosine / poly (``power``) decay to 0 at ``total_steps``, or constant."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "poly":
+        return (1.0 - t) ** power
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, params: Params, steps_per_epoch: int):
+    t = params.train_cls
+    total, warm = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, t.schedule))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class non-interpolated AP (as sklearn's average_precision_score): scores, targets (N, C) ->
+    (C,) float64, NaN for classes without a positive. Tied scores form one threshold:
+    AP = sum over distinct thresholds of (recall gain) * precision."""
+    scores, targets = np.asarray(scores, np.float64), np.asarray(targets) > 0
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        pos = targets[:, c]
+        if not pos.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, y = scores[order, c], pos[order]
+        tp, fp = np.cumsum(y), np.cumsum(~y)
+        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each group of tied scores
+        precision = tp[last] / (tp[last] + fp[last])
+        recall = tp[last] / pos.sum()
+        out[c] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return out
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    ap = average_precision(scores, targets)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast=contextlib.nullcontext):
+    """(probabilities of the class-token head (N, C), of the patch head (N, C), targets (N, C))."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    p_cls, p_patch, ys = [], [], []
+    for images, targets in loader:
+        with autocast():
+            out = model(images.to(device, non_blocking=True), capture=False, with_cam=False)
+        p_cls.append(out.logits_cls.float().sigmoid().cpu())
+        p_patch.append(out.logits_patch.float().sigmoid().cpu())
+        ys.append(targets)
+    model.train(was_training)
+    return torch.cat(p_cls).numpy(), torch.cat(p_patch).numpy(), torch.cat(ys).numpy()
+
+
+def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device, autocast=contextlib.nullcontext):
+    """{"val_map": mAP of the mean of both heads' probabilities, "val_map_cls", "val_map_patch"}."""
+    p_cls, p_patch, y = predict(model, loader, device, autocast)
+    return {"val_map": mean_average_precision((p_cls + p_patch) / 2, y),
+            "val_map_cls": mean_average_precision(p_cls, y),
+            "val_map_patch": mean_average_precision(p_patch, y)}
+
+
+@torch.no_grad()
+def dataset_weights(model: nn.Module, loader: DataLoader, device: torch.device, autocast=contextlib.nullcontext):
+    """``aream.weights: dataset``: mean layer entropy over ``loader`` -> fixed (w (L,), w_hat (L,))."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    total, count = None, 0
+    for images, targets in loader:
+        with autocast():
+            out = model(images.to(device), capture=True, with_cam=True)
+        cams = normalize_cams(out.cam.float() * targets.to(device)[:, :, None, None])
+        e = layer_entropy(cams, out.attn.float()).sum(dim=0)
+        total = e if total is None else total + e
+        count += images.shape[0]
+    model.train(was_training)
+    w, w_hat = reactivation_weights((total / count)[None])
+    return w[0].cpu(), w_hat[0].cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled sample order of ``epoch`` (independent of any global RNG)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=g).tolist()
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """(autocast context factory, GradScaler or None): bf16 (or fp16 + scaler) on CUDA, nothing on CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+@dataclass
+class Distributed:
+    """World of a ``torchrun`` launch (world_size 1 = a plain process)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Callbacks:
+    """What the caller does after each epoch: ``checkpoint(state dict)`` and ``log(epoch, metrics)``
+    (main process only; the state holds live tensors: serialise it before returning); ``progress(iterable, desc, total)`` wraps the step loop (a tqdm bar)."""
+
+    checkpoint: Callable[[dict], None] = lambda state: None
+    log: Callable[[int, dict], None] = lambda epoch, metrics: None
+    progress: Callable[..., Any] = lambda it, desc="", total=None: it
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    epochs_run: int = 0
+    finished: bool = False
+
+
+def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: Sequence[Any], num_classes: int,
+                     device: torch.device, resume: dict | None = None, callbacks: Callbacks | None = None,
+                     stop_after: int | None = None, loader_workers: int = 0,
+                     dist: Distributed | None = None) -> TrainResult:
+    """Train (or continue from the checkpoint dict ``resume``) for ``train_cls.epochs`` epochs.
+
+    ``stop_after``: return after this many epochs of this call (the run is then not finished; resuming
+    from its last checkpoint continues it). Returns the (unwrapped) model and the per-epoch history.
+    """
+    cb = callbacks or Callbacks()
+    dist = dist or Distributed()
+    t, a = params.train_cls, params.aream
+    if not resume:
+        from pipeline.device import seed_everything
+
+        seed_everything(t.seed)
+    model = build_classifier(params.classifier, num_classes).to(device)
+    optimizer = build_optimizer(model, params)
+    per_rank_batch = max(1, t.batch_size // dist.world_size)
+    train_set = ClassificationDataset(train_samples, num_classes, params.classifier.img_size, train=True,
+                                      crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=t.seed)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
+    scheduler = build_scheduler(optimizer, params, steps_per_epoch)
+    autocast, scaler = autocast_for(device, t.amp)
+    fixed, history, start = None, [], 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        fixed = resume.get("fixed_weights")
+        history, start = list(resume.get("history", [])), int(resume["epoch"])
+        set_rng_states(resume["rng"])
+    net = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    pin = device.type == "cuda"
+    val_loader = DataLoader(ClassificationDataset(val_samples, num_classes, params.classifier.img_size, train=False),
+                            batch_size=per_rank_batch, shuffle=False, num_workers=loader_workers, pin_memory=pin)
+    plain_train = ClassificationDataset(train_samples, num_classes, params.classifier.img_size, train=False)
+
+    result = TrainResult(model=model, history=history, epochs_run=0, finished=start >= t.epochs)
+    for epoch in range(start, t.epochs):
+        if stop_after is not None and result.epochs_run >= stop_after:
+            return result
+        aream_on = a.enabled and epoch >= a.start_epoch
+        if aream_on and a.weights == "dataset" and fixed is None:
+            loader = DataLoader(plain_train, batch_size=per_rank_batch, num_workers=loader_workers, pin_memory=pin)
+            fixed = dataset_weights(net, loader, device, autocast)
+        train_set.set_epoch(epoch)
+        order = epoch_order(len(train_set), t.seed, epoch)[dist.rank::dist.world_size]
+        loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=order, num_workers=loader_workers,
+                            pin_memory=pin)
+        net.train()
+        sums = {"loss_cls": 0.0, "loss_aff": 0.0}
+        w_hat_sum, n_aff, n_steps, n_images = None, 0, 0, 0
+        started = time.perf_counter()
+        for images, targets in cb.progress(loader, desc=f"epoch {epoch + 1}/{t.epochs}", total=len(loader)):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast():
+                out = net(images, capture=aream_on, with_cam=aream_on)
+            loss_cls = classification_loss(out, targets)
+            loss = loss_cls
+            if aream_on:
+                aff, _, w_hat, _ = aream_targets(out, images, targets, params, fixed)
+                k_loss = min(a.loss_layers, w_hat.shape[1]) if a.loss_layers else w_hat.shape[1]
+                loss_aff = affinity_loss(out.attn_logits[:, -k_loss:], aff, w_hat[:, -k_loss:])
+                loss = loss + a.lam * loss_aff
+                sums["loss_aff"] += float(loss_aff.detach())
+                w_hat_sum = w_hat.sum(0) if w_hat_sum is None else w_hat_sum + w_hat.sum(0)
+                n_aff += 1
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            sums["loss_cls"] += float(loss_cls.detach())
+            n_steps += 1
+            n_images += images.shape[0]
+        seconds = time.perf_counter() - started
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "loss_cls": sums["loss_cls"] / max(n_steps, 1),
+                                   "loss_aff": sums["loss_aff"] / n_aff if n_aff else 0.0,
+                                   "lr": optimizer.param_groups[0]["lr"], "aream": bool(aream_on),
+                                   "seconds": seconds, "images_per_second": n_images * dist.world_size / seconds}
+        if w_hat_sum is not None:  # mean counterpart weight of every layer over the epoch's images
+            metrics.update({f"w_hat_l{i + 1}": float(v) for i, v in enumerate((w_hat_sum / n_images).tolist())})
+        if dist.is_main:
+            metrics.update(evaluate_map(net, val_loader, device, autocast))
+        history.append(metrics)
+        result.epochs_run += 1
+        if dist.is_main:
+            cb.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                           "epoch": epoch + 1, "rng": rng_states(), "fixed_weights": fixed, "history": history})
+            cb.log(epoch + 1, metrics)
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+    result.finished = True
+    return result

@@ -1,0 +1,255 @@
+"""Training the segmentation network on (pseudo) label maps: augmentation, loss, schedule, loop.
+
+The recipe (all knobs in the ``seg`` params section):
+
+- augmentation per image: random rescale by a factor in ``scale_range`` (bilinear image, nearest
+  labels), random horizontal flip, random ``crop_size`` square crop; where the image is smaller
+  than the crop it is padded with the ImageNet mean colour and its labels with 255 (ignored);
+- loss: per-pixel cross-entropy, pixels labelled 255 ignored (a batch with no labelled pixel has
+  loss 0 and zero gradient, never NaN);
+- SGD with momentum and weight decay; poly learning rate ``lr * (1 - i / max_i) ** poly_power``
+  per iteration; the decoder / classifier runs at ``lr * head_lr_mult``;
+- AMP (float16 + gradient scaling) on CUDA; DDP when the model is wrapped by the caller.
+
+Randomness is a pure function of (``seed``, epoch, image index): the epoch's image order, each
+image's augmentation and the dropout stream are re-seeded at every epoch start, so a run resumed
+from an end-of-epoch checkpoint reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.config import Seg
+from pipeline.models.segmenter import IMAGENET_MEAN, param_groups
+from pipeline.palette import IGNORE_INDEX
+
+MEAN_RGB = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation
+# ----------------------------------------------------------------------------------------------
+
+
+def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """image (H, W, 3) uint8, label (H, W) uint8 -> both at round(H * scale) x round(W * scale)."""
+    h, w = label.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image, label
+    img = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    lab = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    return img, lab
+
+
+def pad_crop(image: np.ndarray, label: np.ndarray, crop: int, top: int, left: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``crop`` x ``crop`` window at (top, left) of the image padded to at least the crop size.
+
+    Padding goes right / bottom: images get the ImageNet mean colour, labels 255.
+    Returns image (crop, crop, 3) float32 in 0..255 and label (crop, crop) uint8.
+    """
+    h, w = label.shape
+    ph, pw = max(crop, h), max(crop, w)
+    img = np.empty((ph, pw, 3), np.float32)
+    img[:] = MEAN_RGB
+    img[:h, :w] = image
+    lab = np.full((ph, pw), IGNORE_INDEX, np.uint8)
+    lab[:h, :w] = label
+    return img[top:top + crop, left:left + crop], lab[top:top + crop, left:left + crop]
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, crop: int,
+            scale_range: Sequence[float], hflip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One training sample: rescale, flip, pad, crop.
+
+    image (H, W, 3) uint8, label (H, W) uint8 -> image (3, crop, crop) float32 in [0, 1],
+    label (crop, crop) int64 (255 = ignore).
+    """
+    lo, hi = scale_range
+    image, label = rescale(image, label, float(rng.uniform(lo, hi)) if hi > lo else float(lo))
+    if hflip and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    h, w = label.shape
+    top = int(rng.integers(0, max(h - crop, 0) + 1))
+    left = int(rng.integers(0, max(w - crop, 0) + 1))
+    img, lab = pad_crop(image, label, crop, top, left)
+    return np.ascontiguousarray(img.transpose(2, 0, 1) / 255.0, dtype=np.float32), lab.astype(np.int64)
+
+
+class SegTrainSet(torch.utils.data.Dataset):
+    """Training pairs: ``items[i]`` is an (image (H, W, 3) uint8, label (H, W) uint8) pair, or anything
+    ``load`` turns into one (file paths, read lazily in the loader workers).
+
+    Item ``i`` of epoch ``e`` is augmented with a generator seeded by (seed, e, i), whatever process
+    loads it.
+    """
+
+    def __init__(self, items: Sequence, cfg: Seg,
+                 load: Callable[[object], tuple[np.ndarray, np.ndarray]] | None = None):
+        self.items, self.load = list(items), load
+        self.crop, self.scale_range, self.hflip, self.seed = cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, cfg.seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.load(self.items[i]) if self.load is not None else self.items[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img, lab = augment(rng, image, label, self.crop, self.scale_range, self.hflip)
+        return torch.from_numpy(img), torch.from_numpy(lab)
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This process's image indices for ``epoch``: a seeded permutation, padded (by wrapping) to a
+    multiple of ``world`` and strided by ``rank``, so every process gets the same count."""
+    perm = np.random.default_rng([seed, epoch, 7919]).permutation(n)
+    total = math.ceil(n / world) * world
+    perm = np.concatenate([perm, perm[: total - n]]) if total > n else perm
+    return perm[rank::world].tolist()
+
+
+def batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches; a trailing batch of one image is dropped (BatchNorm needs two)."""
+    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# loss and schedule
+# ----------------------------------------------------------------------------------------------
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+                      ) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels.
+
+    logits: (B, K, H, W) float; target: (B, H, W) int64 in 0..K-1 or ``ignore_index``.
+    Returns a scalar: 0 (with zero gradient) when every pixel is ignored.
+    """
+    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    count = (target != ignore_index).sum()
+    return per_pixel.sum() / count.clamp(min=1)
+
+
+def poly_lr(base_lr: float, it: int, max_it: int, power: float) -> float:
+    """``base_lr * (1 - it / max_it) ** power`` (0 at and after ``max_it``)."""
+    return base_lr * max(0.0, 1.0 - it / max_it) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, it: int, max_it: int, power: float) -> float:
+    """Apply the poly schedule to every group (from its ``base_lr``); returns the first group's lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = poly_lr(group["base_lr"], it, max_it, power)
+    return optimizer.param_groups[0]["lr"]
+
+
+def make_optimizer(model: nn.Module, cfg: Seg) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr,
+                           momentum=cfg.momentum)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the next epoch to run and every stateful object."""
+
+    epoch: int
+    model: dict
+    optimizer: dict
+    scaler: dict
+    history: list
+
+
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: torch.device, *,
+                    rank: int = 0, world: int = 1, loader_workers: int = 0, resume: TrainState | None = None,
+                    on_epoch: Callable[[int, dict, TrainState], None] | None = None,
+                    progress: bool = True) -> list[dict]:
+    """Train ``model`` (already on ``device``; DDP-wrapped when ``world`` > 1) for ``cfg.epochs``.
+
+    ``resume``: a :class:`TrainState` from an earlier ``on_epoch`` call; training continues at its
+    epoch. ``on_epoch(epoch, metrics, state)`` runs after every epoch (1-based ``epoch``) on every
+    rank; the caller writes checkpoints / logs on rank 0. Returns the per-epoch metrics
+    ({"epoch", "loss", "pixel_acc", "lr", "images_per_s"}), averaged over ranks.
+    """
+    per_rank = max(2, cfg.batch_size // world)
+    optimizer = make_optimizer(model, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps = len(batches(epoch_order(len(dataset), cfg.seed, 0, rank, world), per_rank))
+    if steps == 0:
+        raise ValueError("no training batches: the training set is empty")
+    max_it = steps * cfg.epochs
+    start, history = 0, []
+    if resume is not None:
+        model_to_load = model.module if hasattr(model, "module") else model
+        model_to_load.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scaler.load_state_dict(resume.scaler)
+        start, history = resume.epoch, list(resume.history)
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        dataset.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout stream of this epoch
+        order = epoch_order(len(dataset), cfg.seed, epoch, rank, world)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches(order, per_rank), num_workers=loader_workers, collate_fn=_collate,
+            pin_memory=device.type == "cuda")
+        sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct px, labelled px, images
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"seg epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or rank != 0)
+        for step, (x, y) in enumerate(bar):
+            lr = set_lr(optimizer, epoch * steps + step, max_it, cfg.poly_power)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+            loss = segmentation_loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                valid = y != IGNORE_INDEX
+                sums += torch.tensor([loss.item() * len(x), float(((logits.argmax(1) == y) & valid).sum()),
+                                      float(valid.sum()), len(x)], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        elapsed = time.perf_counter() - t0
+        if world > 1:
+            sums_dev = sums.to(device)
+            torch.distributed.all_reduce(sums_dev)
+            sums = sums_dev.cpu()
+        metrics = {"epoch": epoch + 1, "loss": float(sums[0] / max(sums[3], 1)),
+                   "pixel_acc": float(sums[1] / max(sums[2], 1)), "lr": float(optimizer.param_groups[0]["lr"]),
+                   "images_per_s": float(sums[3] / max(elapsed, 1e-9))}
+        history.append(metrics)
+        if on_epoch is not None:
+            inner = model.module if hasattr(model, "module") else model
+            state = TrainState(epoch + 1, inner.state_dict(), optimizer.state_dict(), scaler.state_dict(),
+                               list(history))
+            on_epoch(epoch + 1, metrics, state)
+    return history

@@ -1,0 +1,116 @@
+"""Stage `pseudo_labels`: Eq. 16 pseudo labels for every train image, and the quality of every source.
+
+The labels come from ``pseudo.source``: raw exported CAMs (``cam``, ``avg``, ``aream``,
+``first_k`` from ``data/cams``) or post-processed scores (``par``, ``crf``, ``psa`` from
+``data/scores``), thresholded by Eq. 16 with ``pseudo.alpha1`` / ``pseudo.alpha2`` and written to
+``data/pseudo/<id>.png`` (VOC palette; 0 background, classes, 255 ignore).
+
+``reports/pseudo/metrics.json`` compares every source that is present (the paper's Table I):
+
+    {"miou": .., "ignored": .., "images": ..,              # the selected source
+     "<source>": {"miou": .., "ignored": .., "sweep_miou": .., "best_threshold": ..}, ...}
+
+``miou`` is the mIoU of the Eq. 16 labels over the pixels they label (255 predictions are not
+errors; ``ignored`` is the fraction of labelled ground-truth pixels they leave at 255) and
+``sweep_miou`` the best mIoU of the scores over the background thresholds of ``cams.sweep``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cams import load_cam_scores
+from pipeline.config import Params
+from pipeline.data.manifest import Sample, load_manifest
+from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, write_json, write_label_png
+from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.parallel import map_items
+from pipeline.postprocess.labels import (add_sparse, label_quality, merge_sweep_counts, pseudo_labels_keyed,
+                                         sparse_counts, summarize_quality, sweep_counts, sweep_summary)
+from stages._common import CAMS, MANIFEST, PSEUDO, REPORTS, SCORES, stage_main
+
+CAM_SOURCES = ("cam", "avg", "aream", "first_k")
+POST_SOURCES = ("par", "crf", "psa")
+REPORT = REPORTS / "pseudo" / "metrics.json"
+
+
+def source_scores(sample_id: str, source: str, cams: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (K,) int64, scores (K, H, W) float32) of one image from one source."""
+    if source in CAM_SOURCES:
+        return np.asarray(cams["keys"], np.int64), load_cam_scores(cams, source)
+    path = SCORES / source / f"{sample_id}.npz"
+    npz = read_npz(path)
+    if "scores" not in npz or "keys" not in npz:
+        raise DataError(f"{path}: expected arrays 'keys' and 'scores', found {sorted(npz)}")
+    return np.asarray(npz["keys"], np.int64), np.asarray(npz["scores"], np.float32)
+
+
+def label_one(sample: Sample, out_dir: str, source: str, sources: tuple[str, ...], alpha1: float, alpha2: float,
+              thresholds: np.ndarray, num_classes: int) -> dict:
+    """Write the image's pseudo label; return per-source quality and sweep counts ({} without a mask)."""
+    cams = read_npz(CAMS / f"{sample.id}.npz")
+    gt = None if sample.mask is None else read_label_png(sample.mask)
+    out = {}
+    for name in sources:
+        keys, scores = source_scores(sample.id, name, cams)
+        label = pseudo_labels_keyed(scores, keys, alpha1, alpha2)
+        if gt is not None and label.shape != gt.shape:
+            raise DataError(f"{name} scores of {sample.id} are {label.shape} but its mask {sample.mask} is {gt.shape}")
+        if name == source:
+            write_label_png(Path(out_dir) / f"{sample.id}.png", label.astype(np.uint8))
+        if gt is not None:
+            q = label_quality(label, gt, num_classes)
+            q["confusion"] = sparse_counts(q["confusion"])
+            out[name] = (q, sweep_counts(scores, keys, gt, thresholds, num_classes))
+    return out
+
+
+def available_sources(first_id: str) -> tuple[str, ...]:
+    """CAM variants stored in the first image's npz, then every post-processing output folder present."""
+    cams = read_npz(CAMS / f"{first_id}.npz")
+    found = [s for s in CAM_SOURCES if s in cams]
+    found += [m for m in POST_SOURCES if (SCORES / m / f"{first_id}.npz").is_file()]
+    return tuple(found)
+
+
+def run(params: Params) -> None:
+    cfg = params.pseudo
+    manifest = load_manifest(MANIFEST)
+    samples = manifest.split("train")
+    if not samples:
+        raise DataError(f"{MANIFEST}: the train split is empty")
+    num_classes = manifest.num_classes + 1
+    thresholds = thresholds_from(params.cams.sweep)
+    sources = available_sources(samples[0].id)
+    if cfg.source not in sources:
+        where = CAMS if cfg.source in CAM_SOURCES else SCORES / cfg.source
+        raise DataError(f"pseudo.source {cfg.source!r}: no such scores in {where} (available: {', '.join(sources)})")
+
+    with atomic_dir(PSEUDO) as tmp:
+        fn = functools.partial(label_one, out_dir=str(tmp), source=cfg.source, sources=sources, alpha1=cfg.alpha1,
+                               alpha2=cfg.alpha2, thresholds=thresholds, num_classes=num_classes)
+        results = map_items(fn, samples, params.runtime, desc="pseudo labels")
+
+    metrics: dict = {}
+    for name in sources:
+        conf, ignored, labelled = np.zeros((num_classes, num_classes), np.int64), 0, 0
+        sweep = ThresholdSweep(thresholds, num_classes)
+        for r in results:
+            if name in r:
+                quality, counts = r[name]
+                add_sparse(conf, quality["confusion"])
+                ignored += quality["ignored"]
+                labelled += quality["labelled"]
+                merge_sweep_counts(sweep, counts)
+        metrics[name] = {**summarize_quality(conf, ignored, labelled), **sweep_summary(sweep)}
+    summary = {"miou": metrics[cfg.source]["miou"], "ignored": metrics[cfg.source]["ignored"], "images": len(samples)}
+    write_json(REPORT, {**summary, **metrics})
+    rows = ", ".join(f"{n} {m['miou']}" for n, m in metrics.items())
+    print(f"pseudo labels from {cfg.source}: {len(samples)} images; Eq. 16 mIoU by source: {rows}")
+
+
+if __name__ == "__main__":
+    stage_main(run)

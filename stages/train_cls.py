@@ -1,0 +1,173 @@
+"""Stage `train_cls`: train the AReAM classifier (Eq. 20) on the train split's image-level labels.
+
+Reads ``data/prepared/manifest.json`` (train and val splits) and the params sections classifier,
+train_cls, aream, par (and dataset, for the checkpoint tag). Writes
+
+- ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
+- ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
+  states, history), tagged with a hash of the params that shape training. On start a checkpoint with the
+  same tag is resumed (the result equals an uninterrupted run); one with another tag is ignored and
+  training starts fresh;
+- ``reports/train_cls/live/``: dvclive per-epoch metrics (loss_cls, loss_aff, lr, val mAP, mean w_hat per
+  layer) as DVC plots; ``reports/train_cls/metrics.json``: the final values.
+
+Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_node=G -m stages.train_cls``
+(``train_cls.batch_size`` is the global batch, split over the processes; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Params, params_hash
+from pipeline.data.manifest import load_manifest
+from pipeline.device import resolve_device
+from pipeline.io import DataError, atomic_path, write_json
+from pipeline.models.vit import save_classifier
+from pipeline.train_cls import Callbacks, Distributed, train_classifier
+from stages._common import CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, REPORTS, stage_main
+
+CHECKPOINT = CLASSIFIER_CKPT / "last.pt"
+MODEL = CLASSIFIER / "model.pt"
+REPORT_DIR = REPORTS / "train_cls"
+LIVE_DIR = REPORT_DIR / "live"
+METRICS = REPORT_DIR / "metrics.json"
+HASHED_SECTIONS = ("classifier", "train_cls", "aream", "par", "dataset")
+LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch")
+
+
+def training_hash(params: Params) -> str:
+    """Tag of the params that shape training (a checkpoint is resumed only under the same tag)."""
+    return params_hash({name: getattr(params, name).model_dump() for name in HASHED_SECTIONS})
+
+
+def load_checkpoint(path: Path, tag: str) -> dict | None:
+    """The checkpoint at ``path`` if it exists, is readable and carries ``tag``; else None (and say why)."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint is replaced, not fatal
+        print(f"train_cls: checkpoint {path} unreadable ({err}); starting fresh", file=sys.stderr)
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("params_hash") != tag:
+        print(f"train_cls: checkpoint {path} was made with other parameters; starting fresh", file=sys.stderr)
+        return None
+    print(f"train_cls: resuming from {path} after epoch {ckpt['epoch']}", file=sys.stderr)
+    return ckpt
+
+
+def save_checkpoint(path: Path, state: dict, tag: str) -> None:
+    buf = io.BytesIO()
+    torch.save({**state, "params_hash": tag}, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def chance_map(samples, num_classes: int) -> float:
+    """Expected mAP of random scores: the mean positive frequency of the classes present in ``samples``."""
+    counts = np.zeros(num_classes)
+    for s in samples:
+        for k in s.labels:
+            counts[k - 1] += 1
+    present = counts > 0
+    return float((counts[present] / max(len(samples), 1)).mean()) if present.any() else float("nan")
+
+
+class LiveLog:
+    """dvclive logger that replays the history of a resumed run, so the plots always hold every epoch."""
+
+    def __init__(self, history: list[dict]):
+        from dvclive import Live
+
+        self.live = Live(dir=str(LIVE_DIR), resume=False, dvcyaml=False, save_dvc_exp=False, report=None)
+        for metrics in history:
+            self.log(metrics["epoch"], metrics)
+
+    def log(self, epoch: int, metrics: dict) -> None:
+        for key, value in metrics.items():
+            if key in LOGGED or key.startswith("w_hat_l"):
+                self.live.log_metric(f"train_cls/{key}", float(value))
+        self.live.next_step()
+
+    def end(self) -> None:
+        self.live.end()
+
+
+def _distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), resolve_device(device_name)
+    import torch.distributed as tdist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=tdist.get_rank(), world_size=tdist.get_world_size()), device
+
+
+def _progress(enabled: bool):
+    from tqdm import tqdm
+
+    def wrap(it, desc="", total=None):
+        return tqdm(it, desc=desc, total=total, leave=False, disable=not enabled, dynamic_ncols=True)
+    return wrap
+
+
+def run(params: Params, stop_after: int | None = None) -> None:
+    """Train, checkpoint every epoch, write the model and metrics. ``stop_after`` ends this process after
+    that many epochs (as an interruption would; the next run resumes)."""
+    manifest = load_manifest(MANIFEST)
+    train, val = manifest.split("train"), manifest.split("val")
+    if not train:
+        raise DataError(f"{MANIFEST}: the train split is empty")
+    dist, device = _distributed(params.runtime.device)
+    tag = training_hash(params)
+    resume = load_checkpoint(CHECKPOINT, tag)
+    live = LiveLog(resume["history"] if resume else []) if dist.is_main else None
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        live.log(epoch, metrics)
+        line = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                         if isinstance(v, float) and (k in LOGGED or k == "seconds"))
+        print(f"train_cls: epoch {epoch}/{params.train_cls.epochs}: {line}", file=sys.stderr)
+
+    callbacks = Callbacks(checkpoint=lambda state: save_checkpoint(CHECKPOINT, state, tag), log=on_epoch,
+                          progress=_progress(dist.is_main))
+    try:
+        result = train_classifier(params, train, val, manifest.num_classes, device, resume=resume,
+                                  callbacks=callbacks, stop_after=stop_after,
+                                  loader_workers=params.runtime.loader_workers, dist=dist)
+    finally:
+        if live is not None:
+            live.end()
+        if dist.world_size > 1:
+            torch.distributed.destroy_process_group()
+    if not result.finished or not dist.is_main:
+        return
+    save_classifier(result.model, MODEL)
+    last = result.history[-1] if result.history else {}
+    seconds = sum(h.get("seconds", 0.0) for h in result.history)
+    images = sum(h.get("images_per_second", 0.0) * h.get("seconds", 0.0) for h in result.history)
+    metrics = {k: v for k, v in last.items() if k in LOGGED or k.startswith("w_hat_l")}
+    metrics.update({"epochs": len(result.history), "chance_map": chance_map(val, manifest.num_classes),
+                    "best_val_map": max((h.get("val_map", float("nan")) for h in result.history), default=None),
+                    "train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
+                    "aream": params.aream.enabled, "device": device.type})
+    write_json(METRICS, metrics)
+    print(f"train_cls: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
+          f"model written to {MODEL}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    stage_main(run)

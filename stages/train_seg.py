@@ -1,0 +1,190 @@
+"""Stage `train_seg`: train the segmentation network on the pseudo labels (Table IV of the paper).
+
+Reads the train split of ``data/prepared/manifest.json`` and, per image, ``data/pseudo/<id>.png``
+(``seg.labels: pseudo``) or the ground-truth mask (``seg.labels: gt``, the fully supervised upper
+bound; images without a mask are skipped and counted). Trains per the ``seg`` section (see
+``pipeline/train_seg.py``) and writes:
+
+- ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
+- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with a hash of the ``seg``
+  and ``dataset`` params, the world size and the bytes of the training labels. A rerun with the
+  same hash resumes after the last finished epoch (same result as an uninterrupted run); any
+  other checkpoint is ignored and training starts over;
+- ``reports/train_seg/metrics.json`` and per-epoch dvclive curves in ``reports/train_seg/live``.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m stages.train_seg`` (DDP, ``seg.batch_size`` is the
+global batch; rank 0 writes every output).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError, Params, params_hash
+from pipeline.data.manifest import Sample, load_manifest, validate_mask
+from pipeline.device import resolve_device, seed_everything
+from pipeline.io import DataError, atomic_path, read_label_png, read_rgb, write_json
+from pipeline.models.segmenter import build_segmenter, save_segmenter
+from pipeline.train_seg import SegTrainSet, TrainState, train_segmenter
+from stages._common import MANIFEST, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, stage_main
+
+MODEL = SEGMENTER / "model.pt"
+CKPT = SEGMENTER_CKPT / "last.pt"
+REPORT = REPORTS / "train_seg"
+LIVE_DIR = REPORT / "live"
+
+
+def training_pairs(samples: list[Sample], labels: str) -> tuple[list[tuple[str, str]], int]:
+    """(image path, label path) per usable train image, and the number skipped (gt without mask)."""
+    pairs, skipped = [], 0
+    for s in samples:
+        if labels == "gt":
+            if s.mask is None:
+                skipped += 1
+                continue
+            pairs.append((s.image, s.mask))
+        else:
+            pairs.append((s.image, str(PSEUDO / f"{s.id}.png")))
+    if labels == "pseudo":
+        missing = [lab for _, lab in pairs if not Path(lab).is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: pseudo label not found ({len(missing)} of {len(pairs)} train images "
+                            "have none; run the pseudo_labels stage or set seg.labels: gt)")
+    return pairs, skipped
+
+
+def load_pair(item: tuple[str, str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one (image, label map): (H, W, 3) uint8 and (H, W) uint8 in 0..C, 255."""
+    image_path, label_path = item
+    image, label = read_rgb(image_path), read_label_png(label_path)
+    validate_mask(label, image.shape[:2], num_classes, label_path)
+    return image, label
+
+
+def labels_digest(pairs: list[tuple[str, str]]) -> str:
+    """sha256 over the image paths and label-file bytes: changes when any training label does."""
+    h = hashlib.sha256()
+    for image_path, label_path in pairs:
+        h.update(image_path.encode())
+        h.update(Path(label_path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def setup_distributed(device_name: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); initialises torch.distributed under torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return resolve_device(device_name), 0, 1
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and device_name != "cpu":
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    torch.distributed.init_process_group(backend)
+    return device, rank, world
+
+
+def load_checkpoint(path: Path, expected_hash: str, verbose: bool = True) -> TrainState | None:
+    """The checkpoint's state when it was made with ``expected_hash``, else None (with a note)."""
+    if not path.is_file():
+        return None
+    say = print if verbose else (lambda *a, **k: None)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        tag, state = ckpt["params_hash"], TrainState(**ckpt["state"])
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint only costs a restart
+        say(f"ignoring unreadable checkpoint {path} ({type(err).__name__}); training from scratch", flush=True)
+        return None
+    if tag != expected_hash:
+        say(f"checkpoint {path} was made with other params or labels; training from scratch", flush=True)
+        return None
+    say(f"resuming from {path} after epoch {state.epoch}", flush=True)
+    return state
+
+
+def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"params_hash": tag, "state": vars(state)}, tmp)
+
+
+def run(params: Params) -> None:
+    cfg = params.seg
+    if cfg.encoder_weights not in ("none", "imagenet") and not Path(cfg.encoder_weights).is_file():
+        raise ConfigError(f"seg.encoder_weights: weights file {cfg.encoder_weights!r} not found")
+    manifest = load_manifest(MANIFEST)
+    num_classes = manifest.num_classes + 1
+    pairs, skipped = training_pairs(manifest.split("train"), cfg.labels)
+    if skipped and int(os.environ.get("RANK", "0")) == 0:
+        print(f"seg.labels=gt: skipped {skipped} train images without a ground-truth mask", flush=True)
+    if len(pairs) < 2:
+        raise DataError(f"{MANIFEST}: {len(pairs)} usable train images for seg.labels={cfg.labels}; need at least 2")
+
+    device, rank, world = setup_distributed(params.runtime.device)
+    seed_everything(cfg.seed)
+    tag = params_hash({"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(), "world": world,
+                       "labels": labels_digest(pairs), "num_classes": num_classes})
+    model = build_segmenter(cfg, num_classes).to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        if device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    resume = load_checkpoint(CKPT, tag, verbose=rank == 0)
+    dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
+    if rank == 0:
+        print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "
+              f"classes, {cfg.epochs} epochs, device {device}" + (f" x{world}" if world > 1 else ""), flush=True)
+
+    live = None
+    if rank == 0:
+        from dvclive import Live
+
+        live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
+        for m in resume.history if resume else []:  # replay, so the curves cover the whole run
+            _log(live, m)
+
+    def on_epoch(epoch: int, metrics: dict, state: TrainState) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(CKPT, state, tag)
+        _log(live, metrics)
+        print(f"epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f} pixel acc {metrics['pixel_acc']:.3f} "
+              f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s", flush=True)
+
+    start = time.perf_counter()
+    history = train_segmenter(net, dataset, cfg, device, rank=rank, world=world,
+                              loader_workers=params.runtime.loader_workers, resume=resume, on_epoch=on_epoch)
+    elapsed = time.perf_counter() - start
+    if rank == 0:
+        final = history[-1]
+        metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
+                   "train_images": len(pairs), "skipped_images": skipped,
+                   "images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
+                   "resumed_from_epoch": resume.epoch if resume else 0, "train_seconds": round(elapsed, 1)}
+        save_segmenter(model, MODEL, manifest.class_names, extra={"params_hash": tag, "metrics": metrics})
+        write_json(REPORT / "metrics.json", metrics)
+        live.end()
+        print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
+              f"{cfg.labels} labels; model -> {MODEL}", flush=True)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _log(live, metrics: dict) -> None:
+    for key in ("loss", "pixel_acc", "lr", "images_per_s"):
+        live.log_metric(key, metrics[key])
+    live.next_step()
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,119 @@
+"""Layer-wise analysis: Hellinger distance (Eq. 6), per-layer and first-K refinements, the stage's outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.analysis import attended_keys, first_k_refinements, hellinger_distance, tile_grid, upsample_scores
+from pipeline.aream import first_k_affinity, refine_cams, refine_per_layer
+from pipeline.cams import refine_variants
+from test_cams import FakeViT, _dataset
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------- Eq. 6
+
+
+def test_hellinger_identical_rows_is_zero():
+    attn = torch.tensor([0.2, 0.3, 0.5]).expand(3, 3)
+    assert hellinger_distance(attn).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hellinger_disjoint_supports_is_one():
+    assert hellinger_distance(torch.eye(5)).item() == pytest.approx(1.0)
+
+
+def test_hellinger_hand_made_cases():
+    # rows [1, 0] and [0.5, 0.5]: Bhattacharyya coefficient sqrt(0.5), H = sqrt(1 - sqrt(0.5))
+    two = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    assert hellinger_distance(two).item() == pytest.approx(math.sqrt(1 - math.sqrt(0.5)), abs=1e-6)
+    # the direct formula of Eq. 6 gives the same number
+    direct = (two[0].sqrt() - two[1].sqrt()).pow(2).sum().sqrt() / math.sqrt(2)
+    assert hellinger_distance(two).item() == pytest.approx(direct.item(), abs=1e-6)
+    # three rows: pairs (0,1) = 1, (0,2) = 0, (1,2) = 1 -> mean 2/3 over distinct pairs
+    three = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0]])
+    assert hellinger_distance(three).item() == pytest.approx(2 / 3)
+    # unnormalised rows are re-normalised; batch dims are kept
+    batch = torch.stack([two * 3, torch.eye(2)])[None]  # (1, 2, 2, 2)
+    out = hellinger_distance(batch)
+    assert out.shape == (1, 2)
+    torch.testing.assert_close(out, torch.tensor([[math.sqrt(1 - math.sqrt(0.5)), 1.0]]))
+
+
+def test_hellinger_matches_the_pairwise_loop_on_random_rows():
+    attn = torch.rand(2, 7, 7).softmax(-1)
+    for b in range(2):
+        vals = [(attn[b, i].sqrt() - attn[b, j].sqrt()).pow(2).sum().sqrt() / math.sqrt(2)
+                for i in range(7) for j in range(7) if i != j]
+        assert hellinger_distance(attn)[b].item() == pytest.approx(torch.stack(vals).mean().item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- refinements
+
+
+def test_first_k_refinements_against_refine_cams():
+    gen = torch.Generator().manual_seed(0)
+    cam = torch.rand(2, 3, 3, 4, generator=gen)
+    attn = torch.rand(2, 4, 12, 12, generator=gen).softmax(-1)
+    per = refine_per_layer(cam, attn)
+    fk = first_k_refinements(per)
+    assert fk.shape == (2, 4, 3, 3, 4)
+    for k in range(1, 5):
+        torch.testing.assert_close(fk[:, k - 1], refine_cams(cam, first_k_affinity(attn, k)))
+    # first K = L is the export's `avg` variant
+    torch.testing.assert_close(fk[:, -1], refine_variants(cam, attn, ["avg"], 1)["avg"])
+
+
+def test_attended_keys_hand_case():
+    attn = torch.zeros(1, 4, 4)
+    attn[0, :, 1] = 0.75  # every query puts 3/4 on key 1 ...
+    attn[0, :, 2] = 0.25  # ... and 1/4 on key 2
+    m = attended_keys(attn, (2, 2))
+    torch.testing.assert_close(m, torch.tensor([[[0.0, 0.75], [0.25, 0.0]]]))
+
+
+def test_upsample_scores_and_tiles():
+    maps = torch.tensor([[[[0.0, 2.0], [1.0, 0.0]]]])  # (1, 1, 2, 2)
+    up = upsample_scores(maps, (6, 6))
+    assert up.shape == (1, 1, 6, 6) and up.max() == pytest.approx(1.0) and up.min() >= 0
+    grid = tile_grid([[np.zeros((4, 5, 3), np.uint8), np.zeros((2, 3, 3), np.uint8)], [np.zeros((3, 3, 3), np.uint8)]])
+    assert grid.shape == (2 + 4 + 2 + 3 + 2, 2 + 5 + 2 + 3 + 2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def test_analysis_stage_outputs(tmp_path):
+    from stages.analyze_layers import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
+                                       select_samples, summary_metrics)
+
+    samples = select_samples(_dataset(tmp_path, 6), 4)
+    assert [s.id for s in samples] == ["img1", "img2", "img4", "img5"]  # img0 has no mask; evenly spaced
+    model = FakeViT(depth=4)
+    acc = analyze(model, samples, depth=4, num_classes=3, sweep=[0.0, 0.8, 0.05], img_size=32, patch_size=8,
+                  scale=1.0, batch_size=3, device=torch.device("cpu"), num_figures=2)
+    rows = layer_rows(acc)
+    metrics = summary_metrics(acc, rows)
+    assert acc.count == 4 and len(rows) == 4
+    # the fake's layers get flatter with depth: the Hellinger distance falls layer after layer
+    h = [r["hellinger"] for r in rows]
+    assert all(a > b for a, b in zip(h, h[1:])), h
+    for r in rows:
+        assert 0 <= r["single_layer_miou"] <= 1 and 0 <= r["first_k_miou"] <= 1
+    assert rows[-1]["first_k_miou"] == pytest.approx(metrics["avg_miou"])  # K = L is the average
+    assert rows[0]["first_k_miou"] == pytest.approx(rows[0]["single_layer_miou"])
+    assert 0 < metrics["non_refined_miou"] <= 1 and metrics["num_images"] == 4
+    w = [r["reactivation_weight"] for r in rows]
+    assert all(0 <= x <= 1 for x in w)
+    csv_text = layers_csv(rows)
+    assert csv_text.splitlines()[0] == "layer,hellinger,single_layer_miou,first_k_miou,reactivation_weight"
+    assert "| 4 |" in layers_markdown(rows, metrics)
+    names = draw_figures(acc, rows, metrics, tmp_path)
+    assert set(names) == {"layer_miou.png", "hellinger.png", "affinity_layers.png", "attended_keys.png",
+                          "layers_overlay.png"}
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)

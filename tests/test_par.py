@@ -1,0 +1,106 @@
+"""Pixel-Adaptive Refinement (Eqs. 13-15)."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.postprocess.par import gather_neighbours, neighbour_offsets, par_kernel, par_refine
+
+
+def test_neighbour_offsets_and_replicate_padding():
+    offs = neighbour_offsets([1, 2])
+    assert len(offs) == 16 and offs[0] == (-1, -1) and offs[8] == (-2, -2) and (0, 0) not in offs
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    nb = gather_neighbours(x, [(-1, -1), (1, 1), (0, 2)])
+    assert nb.shape == (1, 1, 3, 2, 2)
+    # up-left of the top-left pixel is outside: the border pixel itself (1) stands in
+    assert nb[0, 0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert nb[0, 0, 1].tolist() == [[4.0, 4.0], [4.0, 4.0]]
+    assert nb[0, 0, 2].tolist() == [[2.0, 2.0], [4.0, 4.0]]
+    with pytest.raises(ValueError):
+        neighbour_offsets([0])
+
+
+def test_kernel_rows_sum_to_w_i_plus_w_l():
+    torch.manual_seed(0)
+    kappa = par_kernel(torch.rand(2, 3, 9, 11), [1, 2, 4], w_i=1.0, w_l=0.01)
+    assert kappa.shape == (2, 24, 9, 11)
+    assert torch.allclose(kappa.sum(dim=1), torch.full((2, 9, 11), 1.01), atol=1e-5)
+    assert (kappa >= 0).all()
+
+
+def _hand_image():
+    # 3x3 grey image (same value in R, G, B): top row and the middle-right pixel are 1, the rest 0.
+    img = torch.zeros(1, 3, 3, 3)
+    img[:, :, 0, :] = 1.0
+    img[:, :, 1, 2] = 1.0
+    return img
+
+
+def test_kernel_by_hand_at_the_centre_pixel():
+    # Neighbours of the centre, in the order (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1):
+    # values 1 1 1 0 1 0 0 0 (centre = 0); distances sqrt2 1 sqrt2 1 1 sqrt2 1 sqrt2.
+    # sigma_I = unbiased std of four 1s and four 0s = sqrt(8 * 0.25 / 7) = sqrt(2/7)
+    # kappa_I = -(|diff| / (0.3 sigma_I))^2 = -1 / (0.09 * 2/7) = -38.89 for the 1s, 0 for the 0s
+    #   -> softmax_I: 0.25 for each same-colour neighbour, ~3e-18 for the others
+    # sigma_L = unbiased std of the distances = sqrt(8 * ((sqrt2 - 1)/2)^2 / 7) = 0.2214
+    # kappa_L = -(1 / (0.3 * 0.2214))^2 = -226.7 (edges), -453.3 (corners) -> softmax_L: 0.25 per edge, ~0 corners
+    # kappa = w_I softmax_I + w_L softmax_L:
+    w_i, w_l = 1.0, 0.01
+    expected = [0.0, 0.25 * w_l, 0.0, 0.25 * (w_i + w_l), 0.25 * w_l, 0.25 * w_i, 0.25 * (w_i + w_l), 0.25 * w_i]
+    sigma_l = math.sqrt(8 * ((math.sqrt(2) - 1) / 2) ** 2 / 7)
+    assert abs(sigma_l - 0.2214) < 1e-4
+    kappa = par_kernel(_hand_image(), [1], c_i=0.3, c_l=0.3, w_i=w_i, w_l=w_l)
+    assert torch.allclose(kappa[0, :, 1, 1], torch.tensor(expected), atol=1e-9)
+
+
+def test_one_iteration_by_hand():
+    # Scores = the image: the centre gathers kappa * score over its neighbours; the four 1-valued
+    # neighbours have kappa 0, 0.25 w_L, 0, 0.25 w_L -> 0.5 * w_L = 0.005.
+    img = _hand_image()
+    out = par_refine(img, img[:, :1], c_i=0.3, c_l=0.3, w_i=1.0, w_l=0.01, dilations=[1], iterations=1)
+    assert out.shape == (1, 1, 3, 3)
+    assert abs(out[0, 0, 1, 1].item() - 0.005) < 1e-9
+
+
+def test_two_regions_do_not_bleed_across_the_edge():
+    # left half black, right half white; scores noisy around 0.8 on the left and 0.1 on the right
+    torch.manual_seed(0)
+    h, w = 16, 16
+    img = torch.zeros(1, 3, h, w)
+    img[..., w // 2:] = 1.0
+    clean = torch.full((1, 1, h, w), 0.1)
+    clean[..., :w // 2] = 0.8
+    noisy = clean + 0.15 * torch.randn_like(clean)
+    out = par_refine(img, noisy, dilations=[1, 2, 4], iterations=10)
+    left, right = out[..., :w // 2], out[..., w // 2:]
+    assert left.min() > right.max() + 0.4  # still two regions, the edge sharp
+    assert left.std() < noisy[..., :w // 2].std() / 3  # smoothed within each region
+    scale = 1.01 ** 10  # rows sum to w_I + w_L = 1.01, each iteration
+    assert abs(left.mean().item() - noisy[..., :w // 2].mean().item() * scale) < 0.05
+    assert abs(right.mean().item() - noisy[..., w // 2:].mean().item() * scale) < 0.05
+    # an averaging filter that ignores the image would blur the edge: the columns next to it mix
+    blur = par_refine(torch.zeros_like(img), noisy, dilations=[1, 2, 4], iterations=10)
+    assert blur[..., w // 2 - 1].mean() - blur[..., w // 2].mean() < 0.4
+
+
+def test_background_channel_and_zero_channels():
+    torch.manual_seed(1)
+    img = torch.rand(2, 3, 8, 8)
+    scores = torch.rand(2, 3, 8, 8)
+    scores[:, 2] = 0  # an absent class stays zero
+    out = par_refine(img, scores, dilations=[1, 2], iterations=3)
+    assert out.shape == (2, 3, 8, 8) and out.dtype == torch.float32
+    assert out[:, 2].abs().max() == 0
+    # channels are refined independently: channel 0 alone gives the same result
+    alone = par_refine(img, scores[:, :1], dilations=[1, 2], iterations=3)
+    assert torch.allclose(alone, out[:, :1], atol=1e-6)
+    assert par_refine(img, scores[:, :0]).shape == (2, 0, 8, 8)
+    with pytest.raises(ValueError):
+        par_refine(img, torch.rand(2, 1, 4, 4))
+
+
+def test_dilations_larger_than_the_image_are_fine():
+    out = par_refine(torch.rand(1, 3, 5, 5), torch.rand(1, 2, 5, 5), dilations=[1, 24], iterations=2)
+    assert torch.isfinite(out).all()

@@ -1,0 +1,182 @@
+"""Segmentation training: the loss ignores 255 exactly, augmentation pads with ignore / mean, the poly
+schedule, training lowers the loss, and a resumed run equals the uninterrupted one bit for bit."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Seg, load_params
+from pipeline.models.segmenter import build_segmenter
+from pipeline.train_seg import (MEAN_RGB, SegTrainSet, TrainState, augment, batches, epoch_order, poly_lr,
+                                segmentation_loss, train_segmenter)
+
+torch.set_num_threads(1)
+COLOURS = np.array([[40, 40, 40], [230, 30, 30], [30, 230, 30], [30, 30, 230]], np.uint8)
+
+
+def square_pairs(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images of one coloured square (class 1..3) on grey; labels with a 255 ring around it."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = 1 + i % 3
+        label = np.zeros((size, size), np.uint8)
+        y, x, s = rng.integers(0, size // 2, 2).tolist() + [int(rng.integers(size // 4, size // 2))]
+        label[y:y + s, x:x + s] = k
+        image = COLOURS[label] + rng.integers(0, 20, (size, size, 3)).astype(np.uint8)
+        label[y - 1 if y else y, x:x + s] = 255
+        out.append((image, label))
+    return out
+
+
+def tiny_cfg(**kw) -> Seg:
+    base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=0.01, scale_range=[0.75, 1.25])
+    return Seg(**{**base, **kw})
+
+
+def test_loss_of_uniform_logits_is_log_k_and_ignores_255():
+    logits = torch.zeros(1, 4, 2, 2)
+    target = torch.tensor([[[0, 1], [255, 3]]])
+    assert segmentation_loss(logits, target).item() == pytest.approx(math.log(4))
+    logits[0, 1, 0, 1] = 10.0  # the labelled pixel of class 1 becomes nearly certain
+    expected = (2 * math.log(4) + math.log(3 + math.exp(10)) - 10) / 3
+    assert segmentation_loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_all_ignored_batch_gives_zero_loss_and_exactly_zero_gradient():
+    torch.manual_seed(0)
+    model = build_segmenter(tiny_cfg(), 4).train()
+    loss = segmentation_loss(model(torch.rand(2, 3, 32, 32)), torch.full((2, 32, 32), 255, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads)
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_poly_lr():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_augment_pads_labels_with_255_and_images_with_the_mean():
+    image = np.full((10, 12, 3), 200, np.uint8)
+    label = np.ones((10, 12), np.uint8)
+    img, lab = augment(np.random.default_rng(0), image, label, crop=16, scale_range=(1.0, 1.0), hflip=False)
+    assert img.shape == (3, 16, 16) and lab.shape == (16, 16) and lab.dtype == np.int64
+    assert (lab[:10, :12] == 1).all() and (lab[10:] == 255).all() and (lab[:, 12:] == 255).all()
+    np.testing.assert_allclose(img[:, 12, 0] * 255, MEAN_RGB, rtol=1e-6)
+    np.testing.assert_allclose(img[:, 0, 0], 200 / 255, rtol=1e-6)
+
+
+def test_augment_is_a_function_of_the_generator():
+    image, label = square_pairs(1, 40)[0]
+    a = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True)
+    b = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True)
+    c = augment(np.random.default_rng(4), image, label, 32, (0.5, 1.5), True)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_epoch_order_shards_evenly_and_batches_drop_a_single_tail():
+    shards = [epoch_order(10, 0, 1, rank=r, world=3) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    assert set(sum(shards, [])) == set(range(10))
+    assert epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
+    assert [len(b) for b in batches(list(range(9)), 4)] == [4, 4]  # a BatchNorm batch of one is dropped
+    assert [len(b) for b in batches(list(range(10)), 4)] == [4, 4, 2]
+
+
+def test_training_lowers_the_loss():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(epochs=6, lr=0.02)
+    model = build_segmenter(cfg, 4)
+    history = train_segmenter(model, SegTrainSet(square_pairs(8), cfg), cfg, torch.device("cpu"), progress=False)
+    assert len(history) == 6
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert history[-1]["lr"] < cfg.lr
+
+
+def test_resume_equals_uninterrupted():
+    cfg = tiny_cfg(epochs=2)
+    data = square_pairs(6)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_segmenter(cfg, 4)
+
+    full = fresh()
+    train_segmenter(full, SegTrainSet(data, cfg), cfg, torch.device("cpu"), progress=False)
+
+    saved: list[TrainState] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, metrics, state):
+        saved.append(state)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_segmenter(fresh(), SegTrainSet(data, cfg), cfg, torch.device("cpu"), on_epoch=stop_after_first,
+                        progress=False)
+    torch.manual_seed(123)  # the resumed process starts from other random state
+    state = TrainState(**{k: v for k, v in vars(saved[0]).items()})
+    resumed = build_segmenter(cfg, 4)
+    history = train_segmenter(resumed, SegTrainSet(data, cfg), cfg, torch.device("cpu"), resume=state,
+                              progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _write_toy_project(root, n_train=6, n_val=3, size=32):
+    from pipeline.io import write_json, write_label_png, write_rgb
+
+    pairs = square_pairs(n_train + n_val, size)
+    rows = {"train": [], "val": []}
+    for i, (image, label) in enumerate(pairs):
+        split = "train" if i < n_train else "val"
+        sid = f"{split}_{i}"
+        write_rgb(root / f"img/{sid}.png", image)
+        write_label_png(root / f"gt/{sid}.png", label)
+        labels = sorted(int(v) for v in np.unique(label) if 0 < v < 255)
+        rows[split].append({"id": sid, "image": f"img/{sid}.png", "mask": f"gt/{sid}.png", "labels": labels})
+        if split == "train":  # stand-in pseudo labels: a copy of the ground truth
+            write_label_png(root / f"data/pseudo/{sid}.png", label)
+    write_json(root / "data/prepared/manifest.json",
+               {"dataset": "squares", "class_names": ["background", "red", "green", "blue"], "splits": rows})
+
+
+def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
+    import stages.train_seg as stage
+
+    _write_toy_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1},
+                                    "runtime": {"device": "cpu"}})
+    stage.run(params)
+    metrics = json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["train_images"] == 6 and metrics["resumed_from_epoch"] == 0
+    assert (tmp_path / "models/segmenter/model.pt").is_file()
+    assert (tmp_path / "models/segmenter_ckpt/last.pt").is_file()
+    assert (tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").is_file()
+    stage.run(params)  # same params and labels: resumes after the finished epoch, trains nothing
+    assert "resuming" in capsys.readouterr().out
+    assert json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())["resumed_from_epoch"] == 1
+    # the curves are replayed from the checkpoint, not appended twice
+    assert len((tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").read_text().splitlines()) == 2
+    other = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1,
+                                           "lr": 0.02}, "runtime": {"device": "cpu"}})
+    stage.run(other)  # a checkpoint made with other params is not resumed
+    assert "other params" in capsys.readouterr().out
+    assert json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())["resumed_from_epoch"] == 0
+    (tmp_path / "data/pseudo/train_0.png").unlink()
+    with pytest.raises(Exception, match="pseudo label not found"):
+        stage.run(params)
