@@ -2,7 +2,7 @@
 
 Every variant comes from the same forward pass per (scale, flip) of the classifier:
 
-- ``cam``: the non-refined CAM M (Eq. 1; the classifier's fused CAM).
+- ``cam``: the non-refined CAM M (Eq. 1; the classifier's configured CAM, ``classifier.cam``).
 - ``avg``: M refined with the average of all layers' softmax affinities (Eqs. 4-5). This is also how
   the paper refines CAMs at inference with an AReAM-trained classifier ("the disciplined affinity
   matrices of all layers are averaged"), so ``avg`` of an AReAM model is the paper's main result.
@@ -18,8 +18,10 @@ rows would spread mass onto padding) and in the entropy of Eq. 8, and the classi
 square crops with aspect jitter, so a moderate aspect change is in-distribution. The token-grid maps
 are then resized back onto the image's own aspect.
 
-TTA merge, per variant (:class:`CamAccumulator`): for each (scale, flip) the refined maps of the image's
-ground-truth classes are ReLU-ed, resized (bilinear, ``align_corners=False``) to the output grid
+Per forward (:func:`forward_variants`): the CAM maps of the image's ground-truth classes are kept and
+max-normalised per class (Eq. 1's scaling to [0, 1], which also sets the scale Eq. 8's softmax sees,
+as in training), then refined. TTA merge, per variant (:class:`CamAccumulator`): each (scale, flip)'s
+maps are ReLU-ed, resized (bilinear, ``align_corners=False``) to the output grid
 ``(ceil(H / stride), ceil(W / stride))``, flipped back when the input was flipped, and summed; the sum
 is finally max-normalised per class to [0, 1]. The output grid covers the full image extent, so
 :func:`load_cam_scores` (bilinear, ``align_corners=False``, to (H, W)) is its exact inverse mapping.
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,8 +65,8 @@ def output_size(height: int, width: int, stride: int) -> tuple[int, int]:
 def resize_images(images: Sequence[np.ndarray], side: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(H_i, W_i, 3) uint8 images of any sizes -> (B, 3, side, side) float in [0, 1] on ``device``.
 
-    Bilinear with antialiasing, on the CPU in uint8 (PyTorch's vectorised uint8 path is ~100x faster
-    than the float one for small images), then moved to ``device`` as one batch.
+    Bilinear with antialiasing, on the CPU in uint8 (PyTorch's vectorised uint8 path is two orders of
+    magnitude faster than its float one here), then moved to ``device`` as one batch.
     """
     out = []
     for img in images:
@@ -145,9 +147,6 @@ def refine_variants(cam: torch.Tensor, attn: torch.Tensor, variants: Sequence[st
         x = cam[:, None].expand(B, V, K, h, w).reshape(B * V, K, h, w)
         refined = refine_cams(x, A).reshape(B, V, K, h, w)
         out = {n: refined[:, i] for i, n in enumerate(names)}
-    for v in variants:
-        if v != "cam" and v not in out:
-            raise ValueError(f"unknown CAM variant {v!r}")
     return {v: (cam if v == "cam" else out[v]) for v in variants}
 
 
@@ -298,13 +297,6 @@ def load_cam_scores(npz: dict[str, np.ndarray], variant: str) -> np.ndarray:
     return up.clamp_(0, 1).numpy()
 
 
-def storage_estimate(num_images: int, mean_classes: float, variants: int, height: float, width: float,
-                     stride: int) -> float:
-    """Uncompressed bytes of the float16 CAM arrays of a dataset (the npz adds compression)."""
-    h, w = math.ceil(height / stride), math.ceil(width / stride)
-    return num_images * mean_classes * variants * h * w * 2
-
-
 def model_geometry(model: Any, fallback_img_size: int, fallback_patch: int) -> tuple[int, int, int]:
     """(img_size, patch_size, depth L) the classifier was built with (``model.cfg``, ``patch_size``,
     ``depth``; the fallbacks where a duck-typed model lacks them, depth 0 = unknown)."""
@@ -316,7 +308,7 @@ def model_geometry(model: Any, fallback_img_size: int, fallback_patch: int) -> t
     return int(img_size), int(patch), int(depth)
 
 
-def model_preprocess(model: Any):
+def model_preprocess(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The classifier's input normalisation: its own ``preprocess`` when it has one, else the ImageNet
     mean / std that ``pipeline.models.vit.image_to_tensor`` applies in training."""
     fn = getattr(model, "preprocess", None)

@@ -88,7 +88,7 @@ def prepare_out_dir(out_dir: Path, tag: dict[str, Any], keep_ids: set[str]) -> i
     except (FileNotFoundError, json.JSONDecodeError):
         old = None
     removed = 0
-    for p in list(out_dir.glob("*.npz")) + list(out_dir.glob(".*.npz*")):  # + atomic-write leftovers
+    for p in sorted(set(out_dir.glob("*.npz")) | set(out_dir.glob(".*.npz*"))):  # + atomic-write leftovers
         if old != tag or p.name.startswith(".") or p.stem not in keep_ids:
             p.unlink(missing_ok=True)
             removed += 1
@@ -149,16 +149,14 @@ def cam_quality(samples: Sequence[Sample], cam_dir: Path, variants: Sequence[str
     with_mask = [s for s in samples if s.mask is not None]
     thresholds = thresholds_from(sweep)
     variants = tuple(variants)
-    sweeps = {v: ThresholdSweep(thresholds, num_classes + 1) for v in variants}
-    if with_mask:
-        fn = partial(_sweep_chunk, cam_dir=cam_dir, variants=variants, thresholds=thresholds,
-                     num_classes=num_classes)
-        for hist in map_items(fn, chunked(with_mask, num_workers(runtime) * 4), runtime, desc="cam quality"):
-            for v, h in zip(variants, hist):
-                sweeps[v].hist += h
     if not with_mask:
         return {v: {"thresholds": thresholds.tolist(), "miou": [float("nan")] * len(thresholds),
                     "best_threshold": None, "best_miou": None, "num_images": 0} for v in variants}
+    sweeps = {v: ThresholdSweep(thresholds, num_classes + 1) for v in variants}
+    fn = partial(_sweep_chunk, cam_dir=cam_dir, variants=variants, thresholds=thresholds, num_classes=num_classes)
+    for hist in map_items(fn, chunked(with_mask, num_workers(runtime) * 4), runtime, desc="cam quality"):
+        for v, h in zip(variants, hist):
+            sweeps[v].hist += h
     out = {v: s.result() for v, s in sweeps.items()}
     for v in out:
         out[v]["num_images"] = len(with_mask)
@@ -209,7 +207,7 @@ def run(params: Params) -> None:
                           loader_workers=params.runtime.loader_workers)
     print(f"exported {written} CAM files ({len(samples) - written} already present) to {CAMS}")
 
-    train = manifest.split("train")
+    train = [s for s in manifest.split("train") if s.id in samples]  # the exported train images
     results = cam_quality(train, CAMS, cfg.variants, cfg.sweep, manifest.num_classes, params.runtime)
     metrics: dict[str, Any] = {
         v: {"best_miou": None if r["best_miou"] is None else round(r["best_miou"], 6),

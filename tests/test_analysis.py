@@ -117,3 +117,44 @@ def test_analysis_stage_outputs(tmp_path):
     assert set(names) == {"layer_miou.png", "hellinger.png", "affinity_layers.png", "attended_keys.png",
                           "layers_overlay.png"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+# ---------------------------------------------------------------------------------------------- both stages, real model
+
+
+def test_both_stages_run_with_a_real_classifier(tmp_path, monkeypatch):
+    """stages.export_cams.run and stages.analyze_layers.run on a tiny random classifier in a scratch project."""
+    from pipeline.config import parse_params
+    from pipeline.data.manifest import Manifest
+    from pipeline.io import read_json, write_json
+    from pipeline.models.vit import build_classifier, save_classifier
+    import stages.analyze_layers as analyze_stage
+    import stages.export_cams as export_stage
+
+    monkeypatch.chdir(tmp_path)
+    samples = _dataset(tmp_path, 6)
+    splits = {"train": tuple(samples[:4]), "val": tuple(samples[4:])}
+    write_json("data/prepared/manifest.json", Manifest("toy", ("background", "a", "b", "c"), splits).to_dict())
+    params = parse_params({"runtime": {"device": "cpu", "task_runner": "serial", "workers": 1},
+                           "classifier": {"img_size": 32, "patch_size": 8, "depth": 3, "cam": "class_attn"},
+                           "cams": {"scales": [1.0, 1.5], "flip": True, "first_k": 2, "batch_size": 4},
+                           "analysis": {"num_images": 3, "num_figures": 1}})
+    torch.manual_seed(0)
+    save_classifier(build_classifier(params.classifier, 3), "models/classifier/model.pt")
+    export_stage.run(params)
+    assert sorted(p.stem for p in (tmp_path / "data/cams").glob("*.npz")) == [s.id for s in samples]
+    npz = np.load(tmp_path / "data/cams/img5.npz")
+    assert npz["aream"].shape == (2, 12, 9) and list(npz["keys"]) == [1, 2]  # 45 x 34 image at stride 4
+    metrics = read_json("reports/cams/metrics.json")
+    assert metrics["num_images"] == 3 and set(metrics) == {"cam", "avg", "aream", "first_k", "num_images"}
+    assert all(0 <= metrics[v]["best_miou"] <= 1 for v in ("cam", "avg", "aream", "first_k"))
+    tag = read_json("data/cams/_params.json")
+    export_stage.run(params)  # nothing left to do: same files, same tag
+    assert read_json("data/cams/_params.json") == tag
+
+    analyze_stage.run(params)
+    rows = (tmp_path / "reports/analysis/layers.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("layer,hellinger")
+    m = read_json("reports/analysis/metrics.json")
+    assert m["num_images"] == 3 and 0 <= m["hellinger_last_layer"] <= 1
+    assert (tmp_path / "reports/analysis/figures/layers_overlay.png").exists()

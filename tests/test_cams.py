@@ -41,10 +41,11 @@ class FakeViT(torch.nn.Module):
     keys of -|colour_i - colour_j|^2 / t_l, sharp (diagonal) in shallow layers, flat in deep ones.
     """
 
-    def __init__(self, num_classes: int = 3, depth: int = 4, patch_size: int = 8, img_size: int = 32, seed: int = 0):
+    def __init__(self, num_classes: int = 3, depth: int = 4, patch_size: int = 8, img_size: int = 32, seed: int = 0,
+                 weight: torch.Tensor | None = None):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("w", torch.randn(num_classes, 3, generator=g))
+        self.register_buffer("w", torch.randn(num_classes, 3, generator=g) if weight is None else weight)
         self.register_buffer("temps", torch.logspace(-2, 0.5, depth))
         self.img_size, self.patch_size, self.depth = img_size, patch_size, depth
 
@@ -305,6 +306,21 @@ def test_export_resumes_and_wipes_stale_files(tmp_path):
     assert prepare_out_dir(out, tag, {s.id for s in samples[:4]}) == 1
     assert prepare_out_dir(out, {"v": 2}, {s.id for s in samples}) == 4
     assert not list(out.glob("*.npz")) and json.loads((out / "_params.json").read_text()) == {"v": 2}
+
+
+def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
+    """CAM = 'red minus green' for class 1 and 'green minus red' for class 2 (the _dataset's objects): a
+    misaligned resize, flip, stride or upsampling anywhere on the way would pull the mIoU down."""
+    from stages.export_cams import cam_quality, export_cams
+
+    samples = _dataset(tmp_path)
+    oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
+    out = tmp_path / "cams"
+    cfg = Cams(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
+    export_cams(oracle, samples, out, cfg, img_size=64, patch_size=4, device=torch.device("cpu"))
+    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.05], 3, Runtime(task_runner="serial"))
+    assert res["cam"]["best_miou"] > 0.85, res["cam"]["best_miou"]
+    assert 0.2 <= res["cam"]["best_threshold"] <= 0.8
 
 
 def test_cam_quality_and_csv(tmp_path):

@@ -173,3 +173,17 @@ def test_image_to_tensor():
     assert t.shape == (3, 4, 5)
     assert torch.allclose(t[0], torch.full((4, 5), (1 - 0.485) / 0.229))
     assert torch.allclose(t[1], torch.full((4, 5), -0.456 / 0.224))
+
+
+def test_patch_bias_calibrates_the_logit_but_not_the_cam():
+    # Eq. 1 has no bias: shifting the patch head's bias moves logits_patch by the same amount, CAMs stay
+    torch.manual_seed(0)
+    m = build_classifier(CFG, C).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before = m(x)
+    with torch.no_grad():
+        m.patch_head.bias -= 100.0
+    after = m(x)
+    assert torch.allclose(after.logits_patch, before.logits_patch - 100.0)
+    assert torch.equal(after.patch_cam, before.patch_cam) and torch.equal(after.cam, before.cam)
+    assert before.patch_cam.max() > 0

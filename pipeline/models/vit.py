@@ -15,7 +15,10 @@ Scores. Two heads read the last layer's normalised tokens:
   this head with ``W_c = 1/D`` fixed; the learned row costs C * D parameters and learns faster from
   scratch.
 - patch tokens: a linear map D -> C on every patch token is Eq. 1's classifier ``W``; its output on the
-  patch grid is the PatchCAM before the ReLU, and its global average gives ``logits_patch`` (B, C).
+  patch grid is the PatchCAM before the ReLU, and its global average plus a per-class bias gives
+  ``logits_patch`` (B, C). The bias is left out of the CAM, as in Eq. 1: it only calibrates the image
+  logit (from scratch it goes strongly negative, since most classes are absent from most images, and
+  would otherwise zero the ReLU map of every class for many epochs).
 
 Both logits are trained with the multi-label soft margin loss (see ``pipeline.train_cls``).
 
@@ -214,9 +217,9 @@ class MultiClassTokenViT(nn.Module):
 
         cls_out, patch_out = tokens[:, :c], tokens[:, c:]
         logits_cls = (cls_out * self.cls_head.weight).sum(dim=-1) + self.cls_head.bias  # (B, C)
-        patch_scores = self.patch_head(patch_out).transpose(1, 2).reshape(bsz, c, h, w)
-        logits_patch = patch_scores.mean(dim=(2, 3))
-        patch_cam = F.relu(patch_scores.detach())
+        patch_scores = F.linear(patch_out, self.patch_head.weight).transpose(1, 2).reshape(bsz, c, h, w)  # W^T F
+        logits_patch = patch_scores.mean(dim=(2, 3)) + self.patch_head.bias
+        patch_cam = F.relu(patch_scores.detach())  # Eq. 1 (the bias only calibrates the image logit)
         class_attn = cls_attn.reshape(bsz, c, h, w) if cls_attn is not None else None
         cam = None
         if with_cam:
