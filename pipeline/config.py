@@ -168,7 +168,7 @@ class Analysis(Section):
 
 
 class Post(Section):
-    cam_variant: Literal["cam", "avg", "aream", "first_k"] = "aream"  # input of PAR / CRF / PSA
+    cam_variant: Literal["cam", "avg", "aream", "first_k"] = "avg"  # input of PAR / CRF / PSA
 
 
 class CRF(Section):

@@ -47,6 +47,17 @@ def chunked(items: Sequence[T], n_chunks: int) -> list[list[T]]:
     return [c for c in out if c]
 
 
+def _worker_init() -> None:
+    """Forked workers use one torch thread: an OpenMP pool inherited from a parent that already ran
+    torch ops deadlocks on the first parallel op in the child, and the pool supplies parallelism."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def apply_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
     return [fn(x) for x in chunk]
 
@@ -60,7 +71,7 @@ def map_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, desc: 
     if runtime.task_runner == "serial" or workers <= 1 or len(items) <= 1:
         return [fn(x) for x in tqdm(items, desc=desc, leave=False)]
     chunksize = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
         return list(tqdm(pool.map(fn, items, chunksize=chunksize), total=len(items), desc=desc, leave=False))
 
 
