@@ -125,7 +125,8 @@ def main() -> None:
           f"dense {cfg.logt} squarings {t_dense * 1e3:.1f} ms ({t_dense / t_sparse:.1f}x slower)")
 
     # CRF parallel speed-up through map_items (process runner), same run
-    fn = functools.partial(crf_job, params_crf=crf_params(params.crf), alpha=params.crf.alpha, size=SIZES["VOC 500x375"])
+    fn = functools.partial(crf_job, params_crf=crf_params(params.crf), alpha=params.crf.alpha,
+                           size=SIZES["VOC 500x375"])
     seeds = list(range(args.images))
     times = {}
     for workers in (1, 2):

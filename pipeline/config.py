@@ -96,14 +96,14 @@ class Classifier(Section):
 
 
 class TrainCls(Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    crop_scale: list[float] = [0.5, 1.0]
+    crop_scale: list[float] = [0.8, 1.0]
     hflip: bool = True
     color_jitter: float = Field(0.3, ge=0)
     amp: bool = True  # used on CUDA only
@@ -187,7 +187,7 @@ class PSA(Section):
     backbone: str = "resnet18"
     pretrained: str = "none"
     crop_size: int = Field(96, ge=16)
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -196,7 +196,7 @@ class PSA(Section):
     feature_stride: int = Field(4, ge=1)
     alpha: float = Field(16, gt=0)  # background channel (1 - max)^alpha of the random-walk input
     beta: float = Field(8, gt=0)
-    logt: int = Field(8, ge=0)
+    logt: int = Field(4, ge=0)  # t = 2^logt walk steps (the reference: 8 at stride 8 on VOC-sized images)
     amp: bool = True  # used on CUDA only
     seed: int = 0
 
@@ -220,9 +220,10 @@ class Seg(Section):
     encoder_weights: str = "none"  # none | imagenet | path/to/weights.pth
     output_stride: Literal[0, 8, 16] = 0  # 0 = the architecture's default (v3+: 16, v3 / v2: 8)
     decoder_channels: int = Field(256, ge=8)  # ASPP / decoder width (deeplabv3plus, deeplabv3)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(16, ge=2)  # global batch (split over DDP processes)
-    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "adamw"  # sgd (DeepLab recipe) | adamw (faster from scratch)
+    lr: float = Field(1e-3, gt=0)
     head_lr_mult: float = Field(1.0, gt=0)  # decoder / classifier learning-rate multiplier
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)

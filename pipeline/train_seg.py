@@ -7,8 +7,10 @@ The recipe (all knobs in the ``seg`` params section):
   than the crop it is padded with the ImageNet mean colour and its labels with 255 (ignored);
 - loss: per-pixel cross-entropy, pixels labelled 255 ignored (a batch with no labelled pixel has
   loss 0 and zero gradient, never NaN);
-- SGD with momentum and weight decay; poly learning rate ``lr * (1 - i / max_i) ** poly_power``
-  per iteration; the decoder / classifier runs at ``lr * head_lr_mult``;
+- SGD with momentum (the DeepLab recipe) or AdamW (``optimizer``; learns faster from random
+  initialisation, the toy default), weight decay; poly learning rate
+  ``lr * (1 - i / max_i) ** poly_power`` per iteration; the decoder / classifier runs at
+  ``lr * head_lr_mult``;
 - AMP (float16 + gradient scaling) on CUDA; DDP when the model is wrapped by the caller.
 
 Randomness is a pure function of (``seed``, epoch, image index): the epoch's image order, each
@@ -161,9 +163,12 @@ def set_lr(optimizer: torch.optim.Optimizer, it: int, max_it: int, power: float)
     return optimizer.param_groups[0]["lr"]
 
 
-def make_optimizer(model: nn.Module, cfg: Seg) -> torch.optim.SGD:
-    return torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr,
-                           momentum=cfg.momentum)
+def make_optimizer(model: nn.Module, cfg: Seg) -> torch.optim.Optimizer:
+    """SGD with momentum (the DeepLab recipe) or AdamW, over :func:`param_groups`."""
+    groups = param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def square_pairs(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray
 
 
 def tiny_cfg(**kw) -> Seg:
-    base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=0.01, scale_range=[0.75, 1.25])
+    base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=1e-3, scale_range=[0.75, 1.25])
     return Seg(**{**base, **kw})
 
 
@@ -91,12 +91,13 @@ def test_epoch_order_shards_evenly_and_batches_drop_a_single_tail():
     assert [len(b) for b in batches(list(range(10)), 4)] == [4, 4, 2]
 
 
-def test_training_lowers_the_loss():
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.02), ("adamw", 5e-3)])
+def test_training_lowers_the_loss(optimizer, lr):
     torch.manual_seed(0)
-    cfg = tiny_cfg(epochs=6, lr=0.02)
+    cfg = tiny_cfg(epochs=10, lr=lr, optimizer=optimizer)
     model = build_segmenter(cfg, 4)
     history = train_segmenter(model, SegTrainSet(square_pairs(8), cfg), cfg, torch.device("cpu"), progress=False)
-    assert len(history) == 6
+    assert len(history) == 10
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert history[-1]["lr"] < cfg.lr
 

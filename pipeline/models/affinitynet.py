@@ -34,7 +34,8 @@ def radius_offsets(radius: int) -> list[tuple[int, int]]:
     if radius < 2:
         raise ValueError(f"radius must be >= 2 to have neighbours, got {radius}")
     out = [(0, dx) for dx in range(1, radius)]
-    out += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dy * dy + dx * dx < radius * radius]
+    out += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
+            if dy * dy + dx * dx < radius * radius]
     return out
 
 

@@ -7,8 +7,8 @@ Eq. 16 splits every pixel into reliable foreground, reliable background or ignor
               = 255                    otherwise
 
 Both inequalities are strict, as written in the paper: a maximum exactly equal to ``alpha2`` or to
-``alpha1`` is ignored (255). The functions accept numpy arrays or torch tensors and return the
-same kind.
+``alpha1`` is ignored (255). :func:`pseudo_labels` and :func:`pseudo_labels_keyed` accept numpy
+arrays or torch tensors (any device) and return the same kind.
 
 :func:`label_quality` and :func:`sweep_counts` return small per-image counts that add up over a
 data set (they run inside worker processes; the stage sums them).
