@@ -158,7 +158,16 @@ def test_walk_inputs_and_scores():
 # ---------------------------------------------------------------- AffinityNet
 
 
-def test_affinitynet_shapes_and_save_load(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread (and far faster on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_affinitynet_shapes_and_save_load(tmp_path, one_thread):
     torch.manual_seed(0)
     net = AffinityNet("resnet18", feature_stride=4, embed_dim=16).eval()
     x = torch.rand(2, 3, 37, 50)
@@ -173,7 +182,7 @@ def test_affinitynet_shapes_and_save_load(tmp_path):
         AffinityNet("resnet18", pretrained=str(tmp_path / "missing.pth"))
 
 
-def test_affinitynet_training_steps_reduce_the_loss():
+def test_affinitynet_training_steps_reduce_the_loss(one_thread):
     torch.manual_seed(0)
     net = AffinityNet("resnet18", feature_stride=8, embed_dim=16)
     # two colours, split at a known column; cell labels at stride 8
