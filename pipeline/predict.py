@@ -11,7 +11,7 @@ image ``<stem>.<ext>`` it writes
   k = the model's class k, see the model's class names printed at start);
 - ``OUT/<stem>_overlay.jpg``: the prediction blended over the image.
 
-Options: ``--scales 0.5 1.0 1.5`` multi-scale inference (softmax averaged; default 1.0),
+Options: ``--scales 0.5,1.0,1.5`` multi-scale inference (softmax averaged; default 1.0),
 ``--flip`` adds horizontally flipped passes, ``--crf`` refines with a dense CRF (the default
 ``crf`` parameters), ``--device auto|cpu|cuda|cuda:N``. A missing model stops with a message;
 unreadable images are reported and skipped, and the command then exits with status 2.
@@ -87,19 +87,29 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
     return errors
 
 
+def _scales(text: str) -> list[float]:
+    """``"0.5,1.0,1.5"`` -> [0.5, 1.0, 1.5] (each > 0)."""
+    try:
+        scales = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not scales or any(v <= 0 for v in scales):
+        raise argparse.ArgumentTypeError(f"scales must be numbers > 0, got {text!r}")
+    return scales
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files or folders of .jpg / .png images")
     parser.add_argument("--model", default="models/segmenter/model.pt", help="trained model (stage train_seg)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="inference scales (default: 1.0)")
+    parser.add_argument("--scales", type=_scales, default=[1.0],
+                        help="comma-separated inference scales, e.g. 0.5,1.0,1.5 (default: 1.0)")
     parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
-    if any(s <= 0 for s in args.scales):
-        parser.error("--scales must all be > 0")
     from pipeline.io import DataError
 
     try:

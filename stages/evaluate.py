@@ -177,7 +177,6 @@ def run(params: Params) -> None:
     metrics = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "mean_acc": metrics["mean_acc"],
                "num_images": len(samples), "per_class": metrics["per_class"]}
     write_json(OUT / "metrics.json", metrics)
-    (OUT / "confusion.csv").parent.mkdir(parents=True, exist_ok=True)
     write_bytes(OUT / "confusion.csv", confusion_csv(conf, class_names).encode())
     shown = "n/a" if metrics["miou"] is None else f"{100 * metrics['miou']:.1f}%"
     print(f"evaluate: val mIoU {shown} on {len(samples)} images (scales {cfg.scales}, flip {cfg.flip}, "

@@ -40,7 +40,7 @@ def test_writes_palette_pngs_of_the_input_size(tmp_path, model_path):
     (folder / "notes.txt").write_text("not an image")
     single = _image(tmp_path / "c.jpeg", 17, 19, seed=2)
     out = tmp_path / "out"
-    code = main(["--model", str(model_path), "--out", str(out), "--scales", "0.75", "1.0", "--flip",
+    code = main(["--model", str(model_path), "--out", str(out), "--scales", "0.75,1.0", "--flip",
                  "--device", "cpu", str(folder), str(single)])
     assert code == 0
     for stem, (h, w) in {"a": (30, 45), "b": (41, 22), "c": (17, 19)}.items():
@@ -69,6 +69,15 @@ def test_unreadable_image_is_reported_and_the_rest_written(tmp_path, model_path,
     assert main(["--model", str(model_path), "--out", str(out), "--device", "cpu", str(good), str(bad)]) == 2
     assert "broken.jpg" in capsys.readouterr().err
     assert (out / "good.png").is_file() and not (out / "broken.png").exists()
+
+
+def test_scales_option_parses_a_list_and_rejects_bad_values(tmp_path, model_path, capsys):
+    from pipeline.predict import _scales
+
+    assert _scales("0.5,1,1.5") == [0.5, 1.0, 1.5]
+    with pytest.raises(SystemExit):
+        main(["--model", str(model_path), "--out", str(tmp_path), "--scales", "0,1", "x.jpg"])
+    assert "scales" in capsys.readouterr().err
 
 
 def test_input_errors(tmp_path):
