@@ -91,7 +91,7 @@ class Classifier(Section):
     patch_size: int = Field(8, ge=2)
     depth: int = Field(6, ge=1)
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
-    cam: Literal["fused", "class_attn", "patch"] = "fused"
+    cam: Literal["fused", "class_attn", "patch"] = "class_attn"
     cam_layers: int = Field(3, ge=1)  # class-attention summed over the last K layers
 
 
@@ -112,7 +112,7 @@ class TrainCls(Section):
 
 class AReAM(Section):
     enabled: bool = True
-    lam: float = Field(0.2, ge=0)  # lambda of Eq. 20
+    lam: float = Field(0.05, ge=0)  # lambda of Eq. 20 (the paper: 0.2, pretrained; see params.yaml)
     start_epoch: int = Field(5, ge=0)  # classification-only warm-up epochs before L_aff
     alpha1: float = Field(0.25, gt=0, lt=1)  # Eq. 16 background threshold
     alpha2: float = Field(0.7, gt=0, lt=1)  # Eq. 16 foreground threshold
