@@ -241,6 +241,10 @@ class Seg(Section):
         return self
 
 
+class UpperBound(Section):
+    enabled: bool = True  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
+
+
 class Eval(Section):
     scales: list[float] = Field([1.0], min_length=1)
     flip: bool = True
@@ -268,6 +272,7 @@ class Params(Section):
     psa: PSA = PSA()
     pseudo: Pseudo = Pseudo()
     seg: Seg = Seg()
+    upper_bound: UpperBound = UpperBound()
     eval: Eval = Eval()
 
 

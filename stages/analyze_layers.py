@@ -34,13 +34,10 @@ from pipeline.aream import (layer_entropy, normalize_cams, reactivated_affinity,
 from pipeline.cams import gather_classes, input_side, model_geometry, model_preprocess, resize_images
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.device import resolve_device
 from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json, write_text
 from pipeline.metrics import ThresholdSweep, thresholds_from
-from pipeline.parallel import num_workers
-from stages._common import CLASSIFIER, MANIFEST, REPORTS, stage_main
+from stages._common import MANIFEST, REPORTS, load_trained_classifier, stage_main
 
-MODEL = CLASSIFIER / "model.pt"
 OUT = REPORTS / "analysis"
 FIGURES = OUT / "figures"
 
@@ -309,16 +306,8 @@ def model_depth(model: Any, probe_size: int, device: torch.device, preprocess: C
 
 def run(params: Params) -> None:
     cfg = params.analysis
-    device = resolve_device(params.runtime.device)
     manifest = load_manifest(MANIFEST)
-    if not MODEL.exists():
-        raise DataError(f"{MODEL}: classifier not found (run stage train_cls first)")
-    from pipeline.models.vit import load_classifier
-
-    model = load_classifier(MODEL, device)
-    model.eval()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, num_workers(params.runtime)))
+    model, device = load_trained_classifier(params)
     img_size, patch, _ = model_geometry(model, params.classifier.img_size, params.classifier.patch_size)
     preprocess = model_preprocess(model)
     depth = model_depth(model, img_size, device, preprocess)

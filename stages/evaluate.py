@@ -11,10 +11,14 @@ with the ``crf`` section's kernel parameters (images run in parallel per ``runti
 - ``reports/evaluate/figures/confusion.png``: the row-normalised confusion matrix;
 - ``reports/evaluate/figures/overlays/<id>.png``: image | ground truth | prediction, for the first
   ``eval.num_overlays`` val images.
+
+``python -m stages.evaluate --upper-bound`` (stage ``evaluate_gt``) evaluates the fully supervised
+model of ``train_seg_gt`` the same way and writes the same files under ``reports/evaluate_gt/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import io
@@ -34,11 +38,12 @@ from pipeline.metrics import confusion_matrix, miou
 from pipeline.models.segmenter import load_segmenter
 from pipeline.palette import colorize
 from pipeline.parallel import map_items, num_workers
-from stages._common import MANIFEST, REPORTS, SEGMENTER, stage_main
+from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main
 
 MODEL = SEGMENTER / "model.pt"
 OUT = REPORTS / "evaluate"
-FIGURES = OUT / "figures"
+UPPER_BOUND_MODEL = SEGMENTER_GT / "model.pt"
+UPPER_BOUND_OUT = REPORTS / "evaluate_gt"
 
 
 def summarize(conf: np.ndarray, class_names: list[str]) -> dict:
@@ -122,8 +127,17 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def run(params: Params) -> None:
+def run(params: Params, upper_bound: bool = False) -> None:
     cfg = params.eval
+    model_path, out = (UPPER_BOUND_MODEL, UPPER_BOUND_OUT) if upper_bound else (MODEL, OUT)
+    stage = "train_seg_gt" if upper_bound else "train_seg"
+    if upper_bound and not model_path.is_file() and (model_path.parent / SKIPPED).is_file():
+        with atomic_dir(out / "figures"):
+            pass
+        write_json(out / "metrics.json", {"miou": None, "skipped": True})
+        write_bytes(out / "confusion.csv", b"actual,predicted,pixels,fraction\n")
+        print("evaluate_gt: skipped (upper_bound.enabled: false)", flush=True)
+        return
     manifest = load_manifest(MANIFEST)
     num_classes = manifest.num_classes + 1
     samples = [s for s in manifest.split("val") if s.mask is not None]
@@ -133,10 +147,12 @@ def run(params: Params) -> None:
     if skipped:
         print(f"evaluate: skipped {skipped} val images without a ground-truth mask", flush=True)
     device = resolve_device(params.runtime.device)
-    model = load_segmenter(MODEL, device)
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: segmentation model not found (run stage {stage} first)")
+    model = load_segmenter(model_path, device)
     if model.num_classes != num_classes:
-        raise DataError(f"{MODEL}: the model predicts {model.num_classes} classes but the manifest has "
-                        f"{num_classes} (background included); rerun train_seg")
+        raise DataError(f"{model_path}: the model predicts {model.num_classes} classes but the manifest has "
+                        f"{num_classes} (background included); rerun {stage}")
     class_names = list(manifest.class_names)
     crf_kwargs = None
     if cfg.crf:
@@ -146,7 +162,7 @@ def run(params: Params) -> None:
     conf = np.zeros((num_classes, num_classes), np.int64)
     start = time.perf_counter()
     chunk = max(8, 8 * num_workers(params.runtime)) if cfg.crf else 1
-    with atomic_dir(FIGURES) as figures:
+    with atomic_dir(out / "figures") as figures:
         overlays = figures / "overlays"
         overlays.mkdir()
         done = 0
@@ -176,10 +192,10 @@ def run(params: Params) -> None:
     metrics = summarize(conf, class_names)
     metrics = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "mean_acc": metrics["mean_acc"],
                "num_images": len(samples), "per_class": metrics["per_class"]}
-    write_json(OUT / "metrics.json", metrics)
-    write_bytes(OUT / "confusion.csv", confusion_csv(conf, class_names).encode())
+    write_json(out / "metrics.json", metrics)
+    write_bytes(out / "confusion.csv", confusion_csv(conf, class_names).encode())
     shown = "n/a" if metrics["miou"] is None else f"{100 * metrics['miou']:.1f}%"
-    print(f"evaluate: val mIoU {shown} on {len(samples)} images (scales {cfg.scales}, flip {cfg.flip}, "
+    print(f"evaluate: {model_path} val mIoU {shown} on {len(samples)} images (scales {cfg.scales}, flip {cfg.flip}, "
           f"crf {cfg.crf}) in {elapsed:.1f} s", flush=True)
 
 
@@ -190,5 +206,9 @@ def _load(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description="Evaluate the segmentation network on the val split (stage evaluate).")
+    cli.add_argument("--upper-bound", action="store_true",
+                     help="evaluate models/segmenter_gt into reports/evaluate_gt (stage evaluate_gt)")
+    upper = cli.parse_args().upper_bound
     torch.set_grad_enabled(False)
-    stage_main(run)
+    stage_main(functools.partial(run, upper_bound=upper))

@@ -33,11 +33,10 @@ from tqdm.auto import tqdm
 from pipeline.cams import infer_cams, load_cam_scores, model_geometry, model_preprocess, pack_cams
 from pipeline.config import Cams, ConfigError, Params, Runtime
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.device import resolve_device
 from pipeline.io import DataError, read_label_png, read_npz, read_rgb, write_bytes, write_json, write_npz
 from pipeline.metrics import ThresholdSweep, thresholds_from
 from pipeline.parallel import chunked, map_items, num_workers
-from stages._common import CAMS, CLASSIFIER, MANIFEST, REPORTS, stage_main
+from stages._common import CAMS, CLASSIFIER, MANIFEST, REPORTS, load_trained_classifier, stage_main
 
 MODEL = CLASSIFIER / "model.pt"
 TAG_FILE = "_params.json"
@@ -177,14 +176,8 @@ def sweep_csv(results: dict[str, dict]) -> str:
 
 def run(params: Params) -> None:
     cfg = params.cams
-    device = resolve_device(params.runtime.device)
     manifest = load_manifest(MANIFEST)
-    if not MODEL.exists():
-        raise DataError(f"{MODEL}: classifier not found (run stage train_cls first)")
-    from pipeline.models.vit import load_classifier
-
-    model = load_classifier(MODEL, device)
-    model.eval()
+    model, device = load_trained_classifier(params)
     img_size, patch, depth = model_geometry(model, params.classifier.img_size, params.classifier.patch_size)
     if depth and "first_k" in cfg.variants and cfg.first_k > depth:
         raise ConfigError(f"cams.first_k: {cfg.first_k} exceeds the classifier's {depth} layers")
@@ -200,8 +193,6 @@ def run(params: Params) -> None:
     removed = prepare_out_dir(CAMS, tag, set(samples))
     if removed:
         print(f"removed {removed} stale CAM files from {CAMS}")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, num_workers(params.runtime)))
     written = export_cams(model, list(samples.values()), CAMS, cfg, img_size=img_size, patch_size=patch,
                           device=device, preprocess=model_preprocess(model),
                           loader_workers=params.runtime.loader_workers)

@@ -15,37 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cams import load_cam_scores
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
-from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.io import atomic_dir, read_label_png, write_npz
+from pipeline.metrics import thresholds_from
 from pipeline.parallel import map_items
 from pipeline.postprocess.crf import crf_params, crf_scores
-from pipeline.postprocess.labels import merge_sweep_counts, sweep_counts, sweep_summary
-from stages._common import CAMS, MANIFEST, REPORTS, SCORES, stage_main
+from pipeline.postprocess.labels import sweep_counts
+from stages._common import MANIFEST, SCORES, load_cam_inputs, stage_main, write_sweep_report
 
 METHOD = "crf"
-REPORT = REPORTS / "postprocess" / f"{METHOD}.json"
 
-
-def load_inputs(sample: Sample, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one train image."""
-    path = CAMS / f"{sample.id}.npz"
-    npz = read_npz(path)
-    if variant not in npz or "keys" not in npz:
-        raise DataError(f"{path}: no {variant!r} CAMs (has {sorted(npz)}); check post.cam_variant and cams.variants")
-    image = read_rgb(sample.image)
-    scores = load_cam_scores(npz, variant)
-    if scores.shape[1:] != image.shape[:2]:
-        raise DataError(f"{path}: CAMs are {scores.shape[1:]} but image {sample.image} is {image.shape[:2]}")
-    return image, np.asarray(npz["keys"], np.int64), scores
 
 
 def refine_one(sample: Sample, out_dir: str, variant: str, alpha: float, crf_kwargs: dict,
                thresholds: np.ndarray, num_classes: int):
     """CRF one image, write its scores; return its sweep counts (None without a mask)."""
-    image, keys, scores = load_inputs(sample, variant)
+    image, keys, scores = load_cam_inputs(sample, variant)
     refined = crf_scores(image, scores, alpha, **crf_kwargs)
     write_npz(Path(out_dir) / f"{sample.id}.npz", keys=keys.astype(np.int16), scores=refined.astype(np.float16))
     if sample.mask is None:
@@ -63,13 +49,7 @@ def run(params: Params) -> None:
                                alpha=params.crf.alpha, crf_kwargs=crf_params(params.crf),
                                thresholds=thresholds, num_classes=num_classes)
         counts = map_items(fn, samples, params.runtime, desc=METHOD)
-    sweep = ThresholdSweep(thresholds, num_classes)
-    for c in counts:
-        if c is not None:
-            merge_sweep_counts(sweep, c)
-    metrics = {**sweep_summary(sweep), "images": len(samples)}
-    write_json(REPORT, metrics)
-    print(f"{METHOD}: {len(samples)} images, sweep mIoU {metrics['sweep_miou']}")
+    write_sweep_report(METHOD, counts, thresholds, num_classes, len(samples))
 
 
 if __name__ == "__main__":

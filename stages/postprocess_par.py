@@ -17,32 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cams import load_cam_scores
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import resolve_device
-from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
-from pipeline.metrics import ThresholdSweep, thresholds_from
-from pipeline.parallel import map_items, num_workers
-from pipeline.postprocess.labels import merge_sweep_counts, sweep_counts, sweep_summary
+from pipeline.io import atomic_dir, read_label_png, write_npz
+from pipeline.metrics import thresholds_from
+from pipeline.parallel import map_items
+from pipeline.postprocess.labels import sweep_counts
 from pipeline.postprocess.par import par_kwargs, par_refine
-from stages._common import CAMS, MANIFEST, REPORTS, SCORES, stage_main
+from stages._common import MANIFEST, SCORES, fan_out_runtime, load_cam_inputs, stage_main, write_sweep_report
 
 METHOD = "par"
-REPORT = REPORTS / "postprocess" / f"{METHOD}.json"
 
-
-def load_inputs(sample: Sample, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one train image."""
-    path = CAMS / f"{sample.id}.npz"
-    npz = read_npz(path)
-    if variant not in npz or "keys" not in npz:
-        raise DataError(f"{path}: no {variant!r} CAMs (has {sorted(npz)}); check post.cam_variant and cams.variants")
-    image = read_rgb(sample.image)
-    scores = load_cam_scores(npz, variant)
-    if scores.shape[1:] != image.shape[:2]:
-        raise DataError(f"{path}: CAMs are {scores.shape[1:]} but image {sample.image} is {image.shape[:2]}")
-    return image, np.asarray(npz["keys"], np.int64), scores
 
 
 def par_scores(image: np.ndarray, scores: np.ndarray, kwargs: dict, device: str = "cpu") -> np.ndarray:
@@ -61,7 +47,7 @@ def refine_one(sample: Sample, out_dir: str, variant: str, kwargs: dict, thresho
     """Refine one image, write its scores; return its sweep counts (None without a mask)."""
     if threads:
         torch.set_num_threads(threads)
-    image, keys, scores = load_inputs(sample, variant)
+    image, keys, scores = load_cam_inputs(sample, variant)
     refined = par_scores(image, scores, kwargs, device)
     write_npz(Path(out_dir) / f"{sample.id}.npz", keys=keys.astype(np.int16), scores=refined.astype(np.float16))
     if sample.mask is None:
@@ -76,22 +62,12 @@ def run(params: Params) -> None:
     num_classes = manifest.num_classes + 1
     device = resolve_device(params.runtime.device)
     kwargs = par_kwargs(params.par)
-    parallel = device.type == "cpu" and params.runtime.task_runner != "serial" and num_workers(params.runtime) > 1
+    runtime, threads = fan_out_runtime(params.runtime, device.type)
     with atomic_dir(SCORES / METHOD) as tmp:
         fn = functools.partial(refine_one, out_dir=str(tmp), variant=params.post.cam_variant, kwargs=kwargs,
-                               thresholds=thresholds, num_classes=num_classes, device=str(device),
-                               threads=1 if parallel else 0)
-        if parallel:
-            counts = map_items(fn, samples, params.runtime, desc=METHOD)
-        else:  # one process (GPU, or a serial run): no fan-out
-            counts = map_items(fn, samples, params.runtime.model_copy(update={"task_runner": "serial"}), desc=METHOD)
-    sweep = ThresholdSweep(thresholds, num_classes)
-    for c in counts:
-        if c is not None:
-            merge_sweep_counts(sweep, c)
-    metrics = {**sweep_summary(sweep), "images": len(samples)}
-    write_json(REPORT, metrics)
-    print(f"{METHOD}: {len(samples)} images, sweep mIoU {metrics['sweep_miou']}")
+                               thresholds=thresholds, num_classes=num_classes, device=str(device), threads=threads)
+        counts = map_items(fn, samples, runtime, desc=METHOD)
+    write_sweep_report(METHOD, counts, thresholds, num_classes, len(samples))
 
 
 if __name__ == "__main__":

@@ -17,34 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cams import load_cam_scores
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import resolve_device
-from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
-from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.io import DataError, atomic_dir, read_label_png, write_npz
+from pipeline.metrics import thresholds_from
 from pipeline.models.affinitynet import AffinityNet, affinity_matrix, load_affinitynet
-from pipeline.parallel import map_items, num_workers
-from pipeline.postprocess.labels import merge_sweep_counts, sweep_counts, sweep_summary
+from pipeline.parallel import map_items
+from pipeline.postprocess.labels import sweep_counts
 from pipeline.postprocess.psa import random_walk, walk_inputs, walk_scores
-from stages._common import AFFINITYNET, CAMS, MANIFEST, REPORTS, SCORES, stage_main
+from stages._common import (AFFINITYNET, MANIFEST, SCORES, fan_out_runtime, load_cam_inputs, stage_main,
+                            write_sweep_report)
 
 METHOD = "psa"
 MODEL = AFFINITYNET / "model.pt"
-REPORT = REPORTS / "postprocess" / f"{METHOD}.json"
 
-
-def load_inputs(sample: Sample, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one train image."""
-    path = CAMS / f"{sample.id}.npz"
-    npz = read_npz(path)
-    if variant not in npz or "keys" not in npz:
-        raise DataError(f"{path}: no {variant!r} CAMs (has {sorted(npz)}); check post.cam_variant and cams.variants")
-    image = read_rgb(sample.image)
-    scores = load_cam_scores(npz, variant)
-    if scores.shape[1:] != image.shape[:2]:
-        raise DataError(f"{path}: CAMs are {scores.shape[1:]} but image {sample.image} is {image.shape[:2]}")
-    return image, np.asarray(npz["keys"], np.int64), scores
 
 
 def psa_scores(model: AffinityNet, image: np.ndarray, scores: np.ndarray, radius: int, alpha: float, beta: float,
@@ -72,7 +59,7 @@ def refine_one(sample: Sample, out_dir: str, model_path: str, device: str, threa
     """Walk one image, write its scores; return its sweep counts (None without a mask)."""
     if threads:
         torch.set_num_threads(threads)
-    image, keys, scores = load_inputs(sample, variant)
+    image, keys, scores = load_cam_inputs(sample, variant)
     refined = psa_scores(_model(model_path, device), image, scores, **walk)
     write_npz(Path(out_dir) / f"{sample.id}.npz", keys=keys.astype(np.int16), scores=refined.astype(np.float16))
     if sample.mask is None:
@@ -90,20 +77,13 @@ def run(params: Params) -> None:
         raise DataError(f"{MODEL}: AffinityNet weights not found (run the train_psa stage first)")
     cfg = params.psa
     walk = dict(radius=cfg.radius, alpha=cfg.alpha, beta=cfg.beta, logt=cfg.logt)
-    parallel = device.type == "cpu" and params.runtime.task_runner != "serial" and num_workers(params.runtime) > 1
-    runtime = params.runtime if parallel else params.runtime.model_copy(update={"task_runner": "serial"})
+    runtime, threads = fan_out_runtime(params.runtime, device.type)
     with atomic_dir(SCORES / METHOD) as tmp:
         fn = functools.partial(refine_one, out_dir=str(tmp), model_path=str(MODEL), device=str(device),
-                               threads=1 if parallel else 0, variant=params.post.cam_variant, walk=walk,
+                               threads=threads, variant=params.post.cam_variant, walk=walk,
                                thresholds=thresholds, num_classes=num_classes)
         counts = map_items(fn, samples, runtime, desc=METHOD)
-    sweep = ThresholdSweep(thresholds, num_classes)
-    for c in counts:
-        if c is not None:
-            merge_sweep_counts(sweep, c)
-    metrics = {**sweep_summary(sweep), "images": len(samples)}
-    write_json(REPORT, metrics)
-    print(f"{METHOD}: {len(samples)} images, sweep mIoU {metrics['sweep_miou']}")
+    write_sweep_report(METHOD, counts, thresholds, num_classes, len(samples))
 
 
 if __name__ == "__main__":

@@ -100,12 +100,16 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
 
     lines += ["", "## Segmentation (val split)", ""]
     if seg:
-        bound = _load(reports / "upper_bound.json")
-        rows = [["mIoU (%)", _pct(seg.get("miou"))]]
-        if bound and bound.get("miou"):
-            rows.append(["fully supervised bound mIoU (%)", _pct(bound["miou"])])
-            rows.append(["WSSS / fully supervised", f"{float(seg['miou']) / float(bound['miou']):.2f}"])
-        lines.append(_table(["metric", "value"], rows))
+        bound = _load(reports / "evaluate_gt" / "metrics.json")
+        bound = None if bound is None or bound.get("skipped") else bound
+        rows = [[f"trained on `{params.seg.labels}` labels", _pct(seg.get("miou")), _pct(seg.get("pixel_acc"))]]
+        if bound:
+            rows.append(["trained on ground truth (fully supervised bound)", _pct(bound.get("miou")),
+                         _pct(bound.get("pixel_acc"))])
+        lines.append(_table(["segmentation network", "val mIoU (%)", "pixel accuracy (%)"], rows))
+        if bound and bound.get("miou") and seg.get("miou") is not None:
+            lines.append(f"\nThe WSSS model reaches {float(seg['miou']) / float(bound['miou']):.2f} of the fully "
+                         "supervised bound's mIoU.")
         overlays = sorted((reports / "evaluate").rglob("*.png"))
         for p in overlays[:4]:
             lines.append(f"\n![{p.stem}]({p.relative_to(reports).as_posix()})")

@@ -22,40 +22,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cams import load_cam_scores
 from pipeline.config import ConfigError, Params, params_hash
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import cpu_count, resolve_device, seed_everything
-from pipeline.io import DataError, read_label_png, read_npz, read_rgb
+from pipeline.io import read_label_png, read_rgb
 from pipeline.models.affinitynet import (AffinityNet, affinity_loss, pair_affinities, pair_labels, radius_offsets,
                                          save_affinitynet)
 from pipeline.parallel import map_items
 from pipeline.postprocess.crf import background_probs, crf_inference, crf_params
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_labels, downsample_labels, random_crop
-from stages._common import AFFINITYNET, CAMS, MANIFEST, REPORTS, stage_main
+from stages._common import AFFINITYNET, MANIFEST, REPORTS, load_cam_inputs, stage_main
 
 MODEL = AFFINITYNET / "model.pt"
 LIVE_DIR = REPORTS / "train_psa"
 
 
-def load_inputs(sample: Sample, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one train image."""
-    path = CAMS / f"{sample.id}.npz"
-    npz = read_npz(path)
-    if variant not in npz or "keys" not in npz:
-        raise DataError(f"{path}: no {variant!r} CAMs (has {sorted(npz)}); check post.cam_variant and cams.variants")
-    image = read_rgb(sample.image)
-    scores = load_cam_scores(npz, variant)
-    if scores.shape[1:] != image.shape[:2]:
-        raise DataError(f"{path}: CAMs are {scores.shape[1:]} but image {sample.image} is {image.shape[:2]}")
-    return image, np.asarray(npz["keys"], np.int64), scores
-
 
 def confident_one(sample: Sample, variant: str, alpha_low: float, alpha_high: float, crf_kwargs: dict,
                   num_classes: int) -> tuple[np.ndarray, dict | None]:
     """Confident label map (H, W) uint8 of one image and its quality counts (None without a mask)."""
-    image, keys, scores = load_inputs(sample, variant)
+    image, keys, scores = load_cam_inputs(sample, variant)
     if len(keys) == 0:
         label = np.zeros(image.shape[:2], np.uint8)
     else:

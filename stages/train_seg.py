@@ -14,14 +14,20 @@ bound; images without a mask are skipped and counted). Trains per the ``seg`` se
 
 Multi-GPU: ``torchrun --nproc_per_node N -m stages.train_seg`` (DDP, ``seg.batch_size`` is the
 global batch; rank 0 writes every output).
+
+``python -m stages.train_seg --upper-bound`` (stage ``train_seg_gt``) trains the same network with
+``seg.labels`` forced to ``gt``, the fully supervised upper bound the report compares against, and
+writes ``models/segmenter_gt/``, ``models/segmenter_gt_ckpt/`` and ``reports/train_seg_gt/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +36,27 @@ import torch
 from pipeline.config import ConfigError, Params, params_hash
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.device import resolve_device, seed_everything
-from pipeline.io import DataError, atomic_path, read_label_png, read_rgb, write_json
+from pipeline.io import DataError, atomic_path, read_label_png, read_rgb, write_json, write_text
 from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.train_seg import SegTrainSet, TrainState, train_segmenter
-from stages._common import MANIFEST, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, stage_main
+from stages._common import (MANIFEST, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT, SEGMENTER_GT_CKPT,
+                            SKIPPED, stage_main)
 
-MODEL = SEGMENTER / "model.pt"
-CKPT = SEGMENTER_CKPT / "last.pt"
-REPORT = REPORTS / "train_seg"
-LIVE_DIR = REPORT / "live"
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one training run writes (mirrored in dvc.yaml)."""
+    model: Path
+    ckpt: Path
+    report: Path
+
+    @property
+    def live_dir(self) -> Path:
+        return self.report / "live"
+
+
+WSSS = Outputs(SEGMENTER / "model.pt", SEGMENTER_CKPT / "last.pt", REPORTS / "train_seg")
+UPPER_BOUND = Outputs(SEGMENTER_GT / "model.pt", SEGMENTER_GT_CKPT / "last.pt", REPORTS / "train_seg_gt")
 
 
 def training_pairs(samples: list[Sample], labels: str) -> tuple[list[tuple[str, str]], int]:
@@ -115,8 +133,14 @@ def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
         torch.save({"params_hash": tag, "state": vars(state)}, tmp)
 
 
-def run(params: Params) -> None:
-    cfg = params.seg
+def run(params: Params, upper_bound: bool = False) -> None:
+    cfg = params.seg.model_copy(update={"labels": "gt"}) if upper_bound else params.seg
+    out = UPPER_BOUND if upper_bound else WSSS
+    if upper_bound and not params.upper_bound.enabled:
+        write_text(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model trained\n")
+        write_json(out.report / "metrics.json", {"skipped": True})
+        print("train_seg_gt: skipped (upper_bound.enabled: false)", flush=True)
+        return
     if cfg.encoder_weights not in ("none", "imagenet") and not Path(cfg.encoder_weights).is_file():
         raise ConfigError(f"seg.encoder_weights: weights file {cfg.encoder_weights!r} not found")
     manifest = load_manifest(MANIFEST)
@@ -138,7 +162,7 @@ def run(params: Params) -> None:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    resume = load_checkpoint(CKPT, tag, verbose=rank == 0)
+    resume = load_checkpoint(out.ckpt, tag, verbose=rank == 0)
     dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
     if rank == 0:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "
@@ -148,14 +172,14 @@ def run(params: Params) -> None:
     if rank == 0:
         from dvclive import Live
 
-        live = Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
+        live = Live(dir=str(out.live_dir), dvcyaml=False, save_dvc_exp=False)
         for m in resume.history if resume else []:  # replay, so the curves cover the whole run
             _log(live, m)
 
     def on_epoch(epoch: int, metrics: dict, state: TrainState) -> None:
         if rank != 0:
             return
-        save_checkpoint(CKPT, state, tag)
+        save_checkpoint(out.ckpt, state, tag)
         _log(live, metrics)
         print(f"epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f} pixel acc {metrics['pixel_acc']:.3f} "
               f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s", flush=True)
@@ -170,11 +194,11 @@ def run(params: Params) -> None:
                    "train_images": len(pairs), "skipped_images": skipped,
                    "images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
                    "resumed_from_epoch": resume.epoch if resume else 0, "train_seconds": round(elapsed, 1)}
-        save_segmenter(model, MODEL, manifest.class_names, extra={"params_hash": tag, "metrics": metrics})
-        write_json(REPORT / "metrics.json", metrics)
+        save_segmenter(model, out.model, manifest.class_names, extra={"params_hash": tag, "metrics": metrics})
+        write_json(out.report / "metrics.json", metrics)
         live.end()
         print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
-              f"{cfg.labels} labels; model -> {MODEL}", flush=True)
+              f"{cfg.labels} labels; model -> {out.model}", flush=True)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -187,4 +211,7 @@ def _log(live, metrics: dict) -> None:
 
 
 if __name__ == "__main__":
-    stage_main(run)
+    cli = argparse.ArgumentParser(description="Train the segmentation network (stage train_seg).")
+    cli.add_argument("--upper-bound", action="store_true",
+                     help="train on the ground-truth masks into models/segmenter_gt (stage train_seg_gt)")
+    stage_main(functools.partial(run, upper_bound=cli.parse_args().upper_bound))

@@ -63,10 +63,13 @@ def test_every_stage_produced_its_outputs(smoke_repo):
     assert sorted(p.stem for p in (smoke_repo / "data/pseudo").glob("*.png")) == sorted(train_ids)
     seg = json.loads((smoke_repo / "reports/evaluate/metrics.json").read_text())
     assert 0.0 <= seg["miou"] <= 1.0
+    bound = json.loads((smoke_repo / "reports/evaluate_gt/metrics.json").read_text())
+    assert 0.0 <= bound["miou"] <= 1.0
+    assert json.loads((smoke_repo / "reports/train_seg_gt/metrics.json").read_text())["train_images"] == 48
     cams = json.loads((smoke_repo / "reports/cams/metrics.json").read_text())
     assert {"cam", "avg", "aream"} <= set(cams)
     report = (smoke_repo / "reports/report.md").read_text()
-    assert "Table I" in report and "Segmentation" in report
+    assert "Table I" in report and "Segmentation" in report and "fully supervised bound" in report
 
 
 def test_second_repro_is_a_fast_noop(smoke_repo):
@@ -85,4 +88,4 @@ def test_crf_edit_touches_only_its_branch(smoke_repo):
     r = _run([str(BIN / "dvc"), "status", "--json"], smoke_repo)
     changed = set(json.loads(r.stdout))
     assert {"postprocess_crf", "train_psa", "evaluate"} <= changed
-    assert not changed & {"prepare", "train_cls", "export_cams", "analyze_layers", "postprocess_par"}
+    assert not changed & {"prepare", "train_cls", "export_cams", "analyze_layers", "postprocess_par", "train_seg_gt"}

@@ -18,9 +18,18 @@ def test_table_one_rows_in_paper_order():
 
 
 def test_report_with_upper_bound_fraction(tmp_path):
+    for stage, miou in (("evaluate", 0.4), ("evaluate_gt", 0.5)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text(json.dumps({"miou": miou, "pixel_acc": 0.9}))
+    text = build_report(Params(), tmp_path)
+    assert "| trained on `pseudo` labels | 40.0 | 90.0 |" in text
+    assert "| trained on ground truth (fully supervised bound) | 50.0 | 90.0 |" in text
+    assert "reaches 0.80 of the fully supervised bound" in text
+    assert "_no CAM metrics yet_" in text
+
+
+def test_report_without_upper_bound_has_no_fraction(tmp_path):
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"miou": 0.4}))
-    (tmp_path / "upper_bound.json").write_text(json.dumps({"miou": 0.5}))
     text = build_report(Params(), tmp_path)
-    assert "| WSSS / fully supervised | 0.80 |" in text
-    assert "_no CAM metrics yet_" in text
+    assert "| 40.0 |" in text and "fully supervised" not in text

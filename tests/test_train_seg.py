@@ -181,3 +181,23 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     (tmp_path / "data/pseudo/train_0.png").unlink()
     with pytest.raises(Exception, match="pseudo label not found"):
         stage.run(params)
+
+
+def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatch):
+    """upper_bound.enabled: false -> train_seg_gt and evaluate_gt write 'skipped' outputs, no model."""
+    from pipeline.config import Params
+    from stages import evaluate, train_seg
+    from stages.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    params = Params(upper_bound={"enabled": False})
+    train_seg.run(params, upper_bound=True)
+    assert (tmp_path / "models/segmenter_gt/SKIPPED.txt").is_file()
+    assert not (tmp_path / "models/segmenter_gt/model.pt").exists()
+    assert json.loads((tmp_path / "reports/train_seg_gt/metrics.json").read_text()) == {"skipped": True}
+    evaluate.run(params, upper_bound=True)
+    assert json.loads((tmp_path / "reports/evaluate_gt/metrics.json").read_text()) == {"miou": None, "skipped": True}
+    assert (tmp_path / "reports/evaluate_gt/figures").is_dir()
+    (tmp_path / "reports/evaluate").mkdir()
+    (tmp_path / "reports/evaluate/metrics.json").write_text(json.dumps({"miou": 0.3}))
+    assert "fully supervised" not in build_report(params, tmp_path / "reports")
