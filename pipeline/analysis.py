@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.cams import normalize_maps
 from pipeline.palette import colorize, heatmap
 
 
@@ -60,17 +61,17 @@ def class_agnostic(maps: torch.Tensor) -> torch.Tensor:
     return maps.amax(-3)
 
 
-def upsample_scores(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(S, K, h, w) >= 0 -> (S, K, H, W) float32 numpy, each class map max-normalised to [0, 1].
+def upsample_scores(maps: torch.Tensor, size: tuple[int, int], normalize: str = "minmax") -> np.ndarray:
+    """(S, K, h, w) >= 0 -> (S, K, H, W) float32 numpy, each class map scaled to [0, 1].
 
-    Same order as the export: ReLU, resize (bilinear, align_corners=False), per-class max-normalise."""
+    Same order as the export: ReLU, resize (bilinear, align_corners=False), per-class
+    ``normalize`` (minmax | max, :func:`pipeline.cams.normalize_maps`)."""
     x = maps.float().clamp_min(0)
     if x.shape[1]:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     else:
         x = x.new_zeros(x.shape[0], 0, *size)
-    peak = x.flatten(-2).amax(-1)[..., None, None].clamp_min(1e-8)
-    return (x / peak).numpy()
+    return normalize_maps(x, normalize).numpy()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ max-normalised per class (Eq. 1's scaling to [0, 1], which also sets the scale E
 as in training), then refined. TTA merge, per variant (:class:`CamAccumulator`): each (scale, flip)'s
 maps are ReLU-ed, resized (bilinear, ``align_corners=False``) to the output grid
 ``(ceil(H / stride), ceil(W / stride))``, flipped back when the input was flipped, and summed; the sum
-is finally max-normalised per class to [0, 1]. The output grid covers the full image extent, so
+is finally scaled per class to [0, 1] (``cams.normalize``: min-max by default, see
+:func:`normalize_maps`). The output grid covers the full image extent, so
 :func:`load_cam_scores` (bilinear, ``align_corners=False``, to (H, W)) is its exact inverse mapping.
 
 Storage contract (``data/cams/<id>.npz``, see :func:`pack_cams`): ``keys`` int16 (K,) ground-truth
@@ -180,13 +181,14 @@ class CamAccumulator:
 
     keys: (K,) foreground classes 1..C; size: (H, W) of the original image; grid: the stored
     output grid (h, w). ``add`` takes the (V, K, g_h, g_w) maps of one forward; ``result`` returns
-    {variant: (K, h, w) float32 in [0, 1]} max-normalised per class.
+    {variant: (K, h, w) float32 in [0, 1]} normalised per class (``normalize``).
     """
 
     keys: np.ndarray
     size: tuple[int, int]
     grid: tuple[int, int]
     variants: tuple[str, ...]
+    normalize: str = "minmax"  # per-class scaling of the merged maps: minmax | max (normalize_maps)
     total: torch.Tensor | None = field(default=None, repr=False)
 
     def add(self, maps: torch.Tensor, flipped: bool) -> None:
@@ -205,13 +207,31 @@ class CamAccumulator:
     def result(self) -> dict[str, np.ndarray]:
         if self.total is None:
             raise ValueError("no forward pass was added")
-        return {v: t.numpy() for v, t in zip(self.variants, normalize_max(self.total.cpu()))}
+        return {v: t.numpy() for v, t in zip(self.variants, normalize_maps(self.total.cpu(), self.normalize))}
 
 
 def normalize_max(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(..., h, w) >= 0 -> each map divided by its own maximum (all-zero maps stay zero)."""
     peak = maps.flatten(-2).amax(-1)[..., None, None]
     return maps / peak.clamp_min(eps)
+
+
+def normalize_maps(maps: torch.Tensor, mode: str = "minmax", eps: float = 1e-8) -> torch.Tensor:
+    """(..., h, w) >= 0 -> each map scaled to [0, 1].
+
+    ``max``: divided by its maximum. ``minmax``: (m - min) / (max - min), MCTformer's export
+    normalisation; it removes the floor that a diffuse affinity adds to a refined map (every
+    pixel attends a little to the object), which would otherwise push the best background
+    threshold towards 1. A constant map becomes all zeros under ``minmax``.
+    """
+    if mode == "max":
+        return normalize_max(maps, eps)
+    if mode != "minmax":
+        raise ValueError(f"unknown CAM normalisation {mode!r} (max | minmax)")
+    flat = maps.flatten(-2)
+    low = flat.amin(-1)[..., None, None]
+    span = flat.amax(-1)[..., None, None] - low
+    return (maps - low) / span.clamp_min(eps)
 
 
 @torch.no_grad()
@@ -233,8 +253,9 @@ def forward_variants(model: Any, x: torch.Tensor, labels: Sequence[Sequence[int]
 def infer_cams(model: Any, images: Sequence[np.ndarray], labels: Sequence[Sequence[int]], *,
                img_size: int, patch_size: int, scales: Sequence[float], flip: bool,
                variants: Sequence[str], first_k: int, stride: int, device: torch.device | str = "cpu",
-               preprocess: Any = None, amp: bool = True) -> list[dict[str, Any]]:
-    """CAM variants of a batch of images, merged over scales and flips.
+               preprocess: Any = None, amp: bool = True, normalize: str = "minmax") -> list[dict[str, Any]]:
+    """CAM variants of a batch of images, merged over scales and flips, then scaled to [0, 1] per class
+    (``normalize``: minmax | max, see :func:`normalize_maps`).
 
     images: (H_i, W_i, 3) uint8, any sizes; labels: each image's foreground classes (1..C).
     ``model(x)`` takes (B, 3, s, s) and returns an object with ``cam`` (B, C, g, g) >= 0 and ``attn``
@@ -246,7 +267,8 @@ def infer_cams(model: Any, images: Sequence[np.ndarray], labels: Sequence[Sequen
     accs = []
     for img, keys in zip(images, labels):
         H, W = img.shape[:2]
-        accs.append(CamAccumulator(np.asarray(keys, np.int64), (H, W), output_size(H, W, stride), variants))
+        accs.append(CamAccumulator(np.asarray(keys, np.int64), (H, W), output_size(H, W, stride), variants,
+                                   normalize))
     for scale in scales:
         x = resize_images(images, input_side(img_size, scale, patch_size), device)
         if preprocess is not None:

@@ -146,6 +146,7 @@ class Cams(Section):
     batch_size: int = Field(16, ge=1)
     splits: list[str] = ["train", "val"]  # manifest splits exported
     sweep: list[float] = [0.0, 0.8, 0.01]  # background threshold start, stop (inclusive), step
+    normalize: Literal["minmax", "max"] = "minmax"  # per-class scaling of the merged maps to [0, 1]
 
     @model_validator(mode="after")
     def _check(self) -> "Cams":

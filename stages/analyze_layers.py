@@ -78,6 +78,7 @@ class LayerAnalysis:
     weight_sum: np.ndarray | None = None
     count: int = 0
     figures: list[FigureData] = field(default_factory=list)
+    normalize: str = "minmax"  # per-class scaling of every refined map before its sweep (cams.normalize)
 
     def __post_init__(self) -> None:
         names = ["cam", "avg", "aream"] + [f"layer{l}" for l in range(1, self.depth + 1)] \
@@ -121,7 +122,7 @@ def analyze_batch(model: Any, images: list[np.ndarray], masks: list[np.ndarray],
         k = len(keys)
         stacked = torch.cat([cam[b, None], first_k[b, -1:], aream[b, None], per_layer[b], first_k[b]])
         stacked = stacked[:, :k].cpu()                           # (3 + 2L, K_b, h, w)
-        scores = upsample_scores(stacked, masks[b].shape)
+        scores = upsample_scores(stacked, masks[b].shape, acc.normalize)
         for sweep, sc in zip(acc.sweeps.values(), scores):
             sweep.add(sc, keys, masks[b])
         acc.count += 1
@@ -279,9 +280,9 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
 
 def analyze(model: Any, samples: Sequence[Sample], *, depth: int, num_classes: int, sweep: Sequence[float],
             img_size: int, patch_size: int, scale: float, batch_size: int, device: torch.device,
-            preprocess: Callable | None = None, num_figures: int = 0) -> LayerAnalysis:
+            preprocess: Callable | None = None, num_figures: int = 0, normalize: str = "minmax") -> LayerAnalysis:
     """Run the analysis over ``samples`` (all must have masks)."""
-    acc = LayerAnalysis(depth, thresholds_from(sweep), num_classes + 1)
+    acc = LayerAnalysis(depth, thresholds_from(sweep), num_classes + 1, normalize=normalize)
     for start in tqdm(range(0, len(samples), batch_size), desc="analyze_layers", unit="batch"):
         batch = list(samples[start:start + batch_size])
         images = [read_rgb(s.image) for s in batch]
@@ -316,7 +317,7 @@ def run(params: Params) -> None:
         print("no train image has a mask: the mIoU columns stay empty")
     acc = analyze(model, samples, depth=depth, num_classes=manifest.num_classes, sweep=params.cams.sweep,
                   img_size=img_size, patch_size=patch, scale=cfg.scale, batch_size=cfg.batch_size, device=device,
-                  preprocess=preprocess, num_figures=cfg.num_figures)
+                  preprocess=preprocess, num_figures=cfg.num_figures, normalize=params.cams.normalize)
     rows = layer_rows(acc)
     metrics = summary_metrics(acc, rows)
     with atomic_dir(FIGURES) as tmp:

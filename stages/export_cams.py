@@ -72,7 +72,8 @@ def file_digest(path: str | Path) -> str:
 def export_tag(cfg: Cams, model_digest: str, manifest_digest: str) -> dict[str, Any]:
     """What shapes the stored files (batch size, splits and the sweep do not)."""
     return {"variants": list(cfg.variants), "first_k": cfg.first_k, "scales": list(cfg.scales),
-            "flip": cfg.flip, "stride": cfg.stride, "model": model_digest, "manifest": manifest_digest}
+            "flip": cfg.flip, "stride": cfg.stride, "normalize": cfg.normalize, "model": model_digest,
+            "manifest": manifest_digest}
 
 
 def prepare_out_dir(out_dir: Path, tag: dict[str, Any], keep_ids: set[str]) -> int:
@@ -112,7 +113,8 @@ def export_cams(model: Any, samples: Sequence[Sample], out_dir: Path, cfg: Cams,
         images = [img for _, img in batch]
         results = infer_cams(model, images, [todo[i].labels for i in idx], img_size=img_size, patch_size=patch_size,
                              scales=cfg.scales, flip=cfg.flip, variants=cfg.variants, first_k=cfg.first_k,
-                             stride=cfg.stride, device=device, preprocess=preprocess, amp=amp)
+                             stride=cfg.stride, device=device, preprocess=preprocess, amp=amp,
+                             normalize=cfg.normalize)
         for i, res in zip(idx, results):
             write_npz(out_dir / f"{todo[i].id}.npz", **pack_cams(res, cfg.variants))
             written += 1

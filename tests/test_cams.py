@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from pipeline.aream import (average_affinity, first_k_affinity, layer_entropy, reactivated_affinity,
                             reactivation_weights, refine_cams)
-from pipeline.cams import (gather_classes, infer_cams, input_side, load_cam_scores, normalize_max, output_size,
-                           pack_cams, refine_variants, resize_images, variant_affinities)
+from pipeline.cams import (gather_classes, infer_cams, input_side, load_cam_scores, normalize_maps, normalize_max,
+                           output_size, pack_cams, refine_variants, resize_images, variant_affinities)
 from pipeline.config import Cams, Runtime
 from pipeline.data.manifest import Sample
 from pipeline.io import read_npz, write_label_png, write_rgb
@@ -217,7 +217,19 @@ def test_merge_order_normalise_each_forward_then_relu_sum_normalise():
         raw = m(resize_images(images, side)).cam[:, [0, 1]].clamp_min(0)
         raw = raw / raw.flatten(2).amax(-1)[..., None, None]
         total = total + torch.nn.functional.interpolate(raw, size=(8, 8), mode="bilinear", align_corners=False)
-    np.testing.assert_allclose(plain["cam"], normalize_max(total)[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain["cam"], normalize_maps(total, "minmax")[0].numpy(), atol=1e-5)
+    by_max = _infer(FakeViT(), images, labels, scales=[1.0, 0.5], normalize="max")[0]
+    np.testing.assert_allclose(by_max["cam"], normalize_max(total)[0].numpy(), atol=1e-5)
+
+
+def test_normalize_maps_by_hand():
+    m = torch.tensor([[[1.0, 2.0], [3.0, 5.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    np.testing.assert_allclose(normalize_maps(m, "minmax")[0].numpy(), [[0.0, 0.25], [0.5, 1.0]])
+    np.testing.assert_allclose(normalize_maps(m, "max")[0].numpy(), [[0.2, 0.4], [0.6, 1.0]])
+    assert normalize_maps(m, "minmax")[1].abs().sum() == 0  # a constant map carries no location
+    np.testing.assert_allclose(normalize_maps(m, "max")[1].numpy(), np.ones((2, 2)))
+    with pytest.raises(ValueError):
+        normalize_maps(m, "mean")
 
 
 # ---------------------------------------------------------------------------------------------- storage
