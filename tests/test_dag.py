@@ -38,3 +38,18 @@ def test_every_dependency_path_exists():
     missing = [(name, dep) for name, stage in _stages().items() for dep in stage.get("deps", [])
                if not dep.startswith(("data/", "models/", "reports/")) and not (ROOT / dep).exists()]
     assert missing == []
+
+
+def test_stage_outputs_keep_the_run_cache_on():
+    """An uncached or persistent out turns DVC's run cache off for its stage: a queued experiment
+    would then retrain an unchanged classifier or segmenter instead of restoring it."""
+    offenders = []
+    for name, stage in _stages().items():
+        if name == "report":  # report.md is meant for git; the stage takes a fraction of a second
+            continue
+        for out in stage.get("outs", []):
+            if isinstance(out, dict):
+                (path, opts), = out.items()
+                if opts.get("cache") is False or opts.get("persist"):
+                    offenders.append((name, path))
+    assert offenders == []
