@@ -169,7 +169,7 @@ class Analysis(Section):
 
 
 class Post(Section):
-    cam_variant: Literal["cam", "avg", "aream", "first_k"] = "avg"  # input of PAR / CRF / PSA
+    cam_variant: Literal["cam", "avg", "aream", "first_k"] = "cam"  # input of PAR / CRF / PSA (voc profile: avg)
 
 
 class CRF(Section):
@@ -203,7 +203,7 @@ class PSA(Section):
 
 
 class Pseudo(Section):
-    source: Literal["cam", "avg", "aream", "first_k", "par", "crf", "psa"] = "par"
+    source: Literal["cam", "avg", "aream", "first_k", "par", "crf", "psa"] = "psa"
     alpha1: float = Field(0.25, gt=0, lt=1)
     alpha2: float = Field(0.7, gt=0, lt=1)
 
