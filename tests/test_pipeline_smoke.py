@@ -89,3 +89,15 @@ def test_crf_edit_touches_only_its_branch(smoke_repo):
     changed = set(json.loads(r.stdout))
     assert {"postprocess_crf", "train_psa", "evaluate"} <= changed
     assert not changed & {"prepare", "train_cls", "export_cams", "analyze_layers", "postprocess_par", "train_seg_gt"}
+
+
+def test_compare_reads_the_run_from_dvc(smoke_repo):
+    r = _run([str(BIN / "python"), "-m", "pipeline.compare", "--out", "reports/experiments.md"], smoke_repo)
+    assert "wrote reports/experiments.md" in r.stdout
+    lines = (smoke_repo / "reports/experiments.md").read_text().splitlines()
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header = cells(next(ln for ln in lines if ln.startswith("| experiment |")))
+    row = dict(zip(header, cells(next(ln for ln in lines if ln.startswith("| workspace |")))))
+    from pipeline.compare import METRICS
+
+    assert all(row[title] != "-" for title, _, _ in METRICS)  # every Table I column has a value
