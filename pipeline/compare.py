@@ -32,8 +32,6 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("seg, GT-trained", "reports/evaluate_gt/metrics.json", "miou"),
 )
 LAMBDA_METRICS = ("CAM", "+ affinity", "pseudo labels", "seg")
-# exp_show columns that are bookkeeping, not parameters
-_NOT_PARAMS = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
 def metric(row: dict[str, Any], path: str, key: str) -> float | None:

@@ -22,12 +22,12 @@ CAMS = DATA / "cams"                         # export_cams: <id>.npz per image
 SCORES = DATA / "scores"                     # postprocess_<m>: SCORES/<m>/<id>.npz
 PSEUDO = DATA / "pseudo"                     # pseudo_labels: <id>.png (VOC palette)
 CLASSIFIER = MODELS / "classifier"           # train_cls: model.pt
-CLASSIFIER_CKPT = MODELS / "classifier_ckpt"  # train_cls: resumable checkpoint (persist)
+CLASSIFIER_CKPT = MODELS / "classifier_ckpt"  # train_cls: resume checkpoint (gitignored, not a DVC output)
 AFFINITYNET = MODELS / "affinitynet"         # train_psa: model.pt
 SEGMENTER = MODELS / "segmenter"             # train_seg: model.pt
-SEGMENTER_CKPT = MODELS / "segmenter_ckpt"   # train_seg: resumable checkpoint (persist)
+SEGMENTER_CKPT = MODELS / "segmenter_ckpt"   # train_seg: resume checkpoint (gitignored, not a DVC output)
 SEGMENTER_GT = MODELS / "segmenter_gt"       # train_seg_gt: the fully supervised upper bound's model.pt
-SEGMENTER_GT_CKPT = MODELS / "segmenter_gt_ckpt"  # train_seg_gt: resumable checkpoint (persist)
+SEGMENTER_GT_CKPT = MODELS / "segmenter_gt_ckpt"  # train_seg_gt: resume checkpoint (gitignored, not a DVC output)
 SKIPPED = "SKIPPED.txt"  # train_seg_gt writes this instead of model.pt when upper_bound.enabled is false
 
 

@@ -27,7 +27,6 @@ from stages._common import MANIFEST, SCORES, load_cam_inputs, stage_main, write_
 METHOD = "crf"
 
 
-
 def refine_one(sample: Sample, out_dir: str, variant: str, alpha: float, crf_kwargs: dict,
                thresholds: np.ndarray, num_classes: int):
     """CRF one image, write its scores; return its sweep counts (None without a mask)."""

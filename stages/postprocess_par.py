@@ -30,7 +30,6 @@ from stages._common import MANIFEST, SCORES, fan_out_runtime, load_cam_inputs, s
 METHOD = "par"
 
 
-
 def par_scores(image: np.ndarray, scores: np.ndarray, kwargs: dict, device: str = "cpu") -> np.ndarray:
     """image (H, W, 3) uint8, scores (K, H, W) -> PAR-refined scores (K, H, W) float32 in [0, 1]."""
     if scores.shape[0] == 0:

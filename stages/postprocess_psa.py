@@ -33,7 +33,6 @@ METHOD = "psa"
 MODEL = AFFINITYNET / "model.pt"
 
 
-
 def psa_scores(model: AffinityNet, image: np.ndarray, scores: np.ndarray, radius: int, alpha: float, beta: float,
                logt: int) -> np.ndarray:
     """image (H, W, 3) uint8, scores (K, H, W) -> random-walk foreground scores (K, H, W) float32 in [0, 1]."""

@@ -38,7 +38,6 @@ MODEL = AFFINITYNET / "model.pt"
 LIVE_DIR = REPORTS / "train_psa"
 
 
-
 def confident_one(sample: Sample, variant: str, alpha_low: float, alpha_high: float, crf_kwargs: dict,
                   num_classes: int) -> tuple[np.ndarray, dict | None]:
     """Confident label map (H, W) uint8 of one image and its quality counts (None without a mask)."""
