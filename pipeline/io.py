@@ -2,6 +2,9 @@
 
 Every writer goes to a temporary file in the destination folder and renames it into place, so an
 interrupted stage never leaves a half-written file that DVC could cache or a resume could trust.
+Files and folders are created with the user's umask (0644 / 0755 under the usual 022), and the same
+content always gives the same bytes (:func:`write_torch` keeps temporary names out of archives), so an
+unchanged result never changes its DVC hash.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,9 +33,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    while True:  # like mkstemp, but the file gets 0666 & ~umask instead of 0600
+        tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix or path.suffix}")
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -44,6 +51,16 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` through memory: saving to a file names the archive after that (temporary) file,
+    so the same weights would get new bytes, and a new DVC hash, at every save."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -135,7 +152,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name; swap it onto ``path`` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    while True:  # like mkdtemp, but the folder gets 0777 & ~umask instead of 0700
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
         if path.exists():

@@ -64,3 +64,38 @@ def test_rgb_and_npz_round_trip(tmp_path):
     np.testing.assert_array_equal(read_rgb(tmp_path / "a.png"), rgb)
     write_npz(tmp_path / "a.npz", x=np.arange(3, dtype=np.float16))
     assert read_npz(tmp_path / "a.npz")["x"].dtype == np.float16
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_outputs_honour_the_umask(tmp_path, umask_022):
+    """Files 0644 and folders 0755 under umask 022 (mkstemp / mkdtemp would give 0600 / 0700)."""
+    write_json(tmp_path / "m.json", {"a": 1})
+    with atomic_dir(tmp_path / "out") as d:
+        write_json(d / "x.json", {})
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
+    """torch.save to a file names the archive after it; write_torch keeps temporary names out."""
+    import torch
+
+    from pipeline.io import write_torch
+
+    state = torch.nn.Linear(3, 2).state_dict()
+    write_torch(tmp_path / "a.pt", state)
+    write_torch(tmp_path / "b" / "model.pt", state)
+    write_torch(tmp_path / "a.pt", state)  # rewritten in place through another temporary name
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    assert b".a.pt." not in (tmp_path / "a.pt").read_bytes()
+    loaded = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)

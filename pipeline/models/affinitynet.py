@@ -147,9 +147,12 @@ class AffinityNet(nn.Module):
         elif pretrained == "timm":
             kwargs["pretrained"] = True
         else:
-            if not Path(pretrained).is_file():
-                raise FileNotFoundError(f"{pretrained}: AffinityNet backbone weights not found")
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
+            from pipeline.config import weights_file
+
+            path = weights_file(pretrained)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: AffinityNet backbone weights not found")
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
         self.body = timm.create_model(backbone, **kwargs)
         reductions = self.body.feature_info.reduction()
         self.levels = [i for i, r in enumerate(reductions) if r >= feature_stride]
@@ -189,10 +192,9 @@ class AffinityNet(nn.Module):
 
 def save_affinitynet(model: AffinityNet, path: str | Path, extra: dict | None = None) -> None:
     """Write weights + architecture atomically (``extra``: params hash, metrics...)."""
-    from pipeline.io import atomic_path
+    from pipeline.io import write_torch
 
-    with atomic_path(path) as tmp:
-        torch.save({"config": model.config, "state_dict": model.state_dict(), **(extra or {})}, tmp)
+    write_torch(path, {"config": model.config, "state_dict": model.state_dict(), **(extra or {})})
 
 
 def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> AffinityNet:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import ConfigError, Seg
+from pipeline.config import ConfigError, Seg, weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,9 +156,9 @@ def load_encoder_weights(model: Segmenter, weights: str, encoder: str) -> None:
     if weights == "imagenet":
         _load_imagenet(model, encoder)
         return
-    path = Path(weights)
+    path = weights_file(weights)
     if not path.is_file():
-        raise ConfigError(f"seg.encoder_weights: {weights!r} is neither none, imagenet nor an existing file")
+        raise ConfigError(f"seg.encoder_weights: {weights!r} is neither none, imagenet nor a file ({path})")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
@@ -223,14 +223,13 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay:
 def save_segmenter(model: nn.Module, path: str | Path, class_names: list[str] | tuple[str, ...],
                    extra: dict | None = None) -> None:
     """Write {"state_dict", "seg", "num_classes", "class_names", **extra} atomically."""
-    from pipeline.io import atomic_path
+    from pipeline.io import write_torch
 
     inner = model.module if hasattr(model, "module") else model
     payload = {"state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
                "seg": inner.meta["seg"], "num_classes": inner.num_classes, "class_names": list(class_names),
                **(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)
 
 
 def config_from_payload(seg: dict) -> Seg:

@@ -59,8 +59,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.config import Classifier, ConfigError
-from pipeline.io import DataError, atomic_path
+from pipeline.config import Classifier, ConfigError, weights_file
+from pipeline.io import DataError, write_torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -252,7 +252,8 @@ def build_classifier(cfg: Classifier, num_classes: int) -> MultiClassTokenViT:
     """The classifier of ``cfg`` for C = ``num_classes`` foreground classes.
 
     ``cfg.pretrained``: ``none`` (random init, offline), ``timm`` (hub weights) or a local weights file
-    (loaded by timm with position-embedding / patch-embedding resampling). With pretrained weights the
+    under ``weights/`` (:func:`pipeline.config.weights_file`; loaded by timm with position-embedding /
+    patch-embedding resampling). With pretrained weights the
     backbone is built at its own depth and its first ``cfg.depth`` blocks are kept.
     """
     import timm
@@ -267,8 +268,9 @@ def build_classifier(cfg: Classifier, num_classes: int) -> MultiClassTokenViT:
             backbone = timm.create_model(cfg.backbone, pretrained=False, depth=cfg.depth, **kwargs)
         else:
             if pretrained != "timm":
-                _check_weights_file(pretrained, cfg.depth)
-                kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained))
+                path = weights_file(pretrained)
+                _check_weights_file(path, cfg.depth)
+                kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
             backbone = timm.create_model(cfg.backbone, pretrained=True, **kwargs)
             if cfg.depth > len(backbone.blocks):
                 raise ConfigError(f"classifier.depth: {cfg.depth} > the {len(backbone.blocks)} blocks of "
@@ -295,8 +297,7 @@ def classifier_payload(model: nn.Module) -> dict[str, Any]:
 
 def save_classifier(model: nn.Module, path: str | Path) -> None:
     """Write :func:`classifier_payload` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(classifier_payload(model), tmp)
+    write_torch(path, classifier_payload(model))
 
 
 def classifier_from_payload(payload: Any, source: str = "classifier") -> MultiClassTokenViT:
