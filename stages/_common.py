@@ -1,16 +1,16 @@
-"""What every stage shares: the output paths of the DAG (mirrored in dvc.yaml) and the entry wrapper."""
+"""What every stage shares: the output paths of the DAG (mirrored in dvc.yaml), the entry wrapper and the
+timing log. Kept free of model code, so that the import closure of every stage (its code dependencies in
+dvc.yaml) stays what the stage really uses."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-
-from pipeline.config import ConfigError, Params, Runtime, load_params
-from pipeline.io import DataError, read_npz, read_rgb, write_json
+from pipeline.config import ConfigError, Params, load_params
+from pipeline.io import DataError, write_json
 
 DATA = Path("data")
 MODELS = Path("models")
@@ -28,69 +28,17 @@ SEGMENTER = MODELS / "segmenter"             # train_seg: model.pt
 SEGMENTER_CKPT = MODELS / "segmenter_ckpt"   # train_seg: resume checkpoint (gitignored, not a DVC output)
 SEGMENTER_GT = MODELS / "segmenter_gt"       # train_seg_gt: the fully supervised upper bound's model.pt
 SEGMENTER_GT_CKPT = MODELS / "segmenter_gt_ckpt"  # train_seg_gt: resume checkpoint (gitignored, not a DVC output)
+CHECKED = DATA / "checked.json"              # check: params and inputs validated (constant content)
+TOYVOC = DATA / "toyvoc"                     # generate_toy: the toy set in VOC layout
+TIMING = REPORTS / "timing"                  # training wall time / throughput (gitignored, not a DVC output)
 SKIPPED = "SKIPPED.txt"  # train_seg_gt writes this instead of model.pt when upper_bound.enabled is false
 
 
-def load_cam_inputs(sample: Any, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one exported train image."""
-    from pipeline.cams import load_cam_scores
-
-    path = CAMS / f"{sample.id}.npz"
-    npz = read_npz(path)
-    if variant not in npz or "keys" not in npz:
-        raise DataError(f"{path}: no {variant!r} CAMs (has {sorted(npz)}); check post.cam_variant and cams.variants")
-    image = read_rgb(sample.image)
-    scores = load_cam_scores(npz, variant)
-    if scores.shape[1:] != image.shape[:2]:
-        raise DataError(f"{path}: CAMs are {scores.shape[1:]} but image {sample.image} is {image.shape[:2]}")
-    return image, np.asarray(npz["keys"], np.int64), scores
-
-
-def load_trained_classifier(params: Params) -> tuple[Any, Any]:
-    """(classifier in eval mode, device) from models/classifier/model.pt; on CPU torch gets
-    ``runtime.workers`` threads (the stage runs one batched forward at a time)."""
-    import torch
-
-    from pipeline.device import resolve_device
-    from pipeline.models.vit import load_classifier
-    from pipeline.parallel import num_workers
-
-    path = CLASSIFIER / "model.pt"
-    if not path.exists():
-        raise DataError(f"{path}: classifier not found (run stage train_cls first)")
-    device = resolve_device(params.runtime.device)
-    model = load_classifier(path, device)
-    model.eval()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, num_workers(params.runtime)))
-    return model, device
-
-
-def fan_out_runtime(runtime: Runtime, device_type: str) -> tuple[Runtime, int]:
-    """(runtime for map_items, torch threads per task) of a per-image torch step: one thread per
-    process when images fan out over CPU processes; serial (all threads, 0 = leave as is) on a GPU,
-    with task_runner serial or with a single worker."""
-    from pipeline.parallel import num_workers
-
-    if device_type == "cpu" and runtime.task_runner != "serial" and num_workers(runtime) > 1:
-        return runtime, 1
-    return runtime.model_copy(update={"task_runner": "serial"}), 0
-
-
-def write_sweep_report(method: str, counts: list, thresholds: np.ndarray, num_classes: int,
-                       num_images: int) -> dict:
-    """Merge per-image sweep counts (None = no mask) into reports/postprocess/<method>.json."""
-    from pipeline.metrics import ThresholdSweep
-    from pipeline.postprocess.labels import merge_sweep_counts, sweep_summary
-
-    sweep = ThresholdSweep(thresholds, num_classes)
-    for c in counts:
-        if c is not None:
-            merge_sweep_counts(sweep, c)
-    metrics = {**sweep_summary(sweep), "images": num_images}
-    write_json(REPORTS / "postprocess" / f"{method}.json", metrics)
-    print(f"{method}: {num_images} images, sweep mIoU {metrics['sweep_miou']}")
-    return metrics
+def write_timing(stage: str, timing: dict) -> None:
+    """Wall time and throughput of a training stage go to reports/timing/<stage>.json, which is not a DVC output:
+    they differ from run to run, and an output that does would change its hash (and rerun everything
+    downstream) although the result is the same."""
+    write_json(TIMING / f"{stage}.json", timing)
 
 
 def stage_main(run: Callable[[Params], None]) -> None:

@@ -36,7 +36,8 @@ from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json, write_text
 from pipeline.metrics import ThresholdSweep, thresholds_from
-from stages._common import MANIFEST, REPORTS, load_trained_classifier, stage_main
+from stages._classifier import load_trained_classifier
+from stages._common import MANIFEST, REPORTS, stage_main
 
 OUT = REPORTS / "analysis"
 FIGURES = OUT / "figures"

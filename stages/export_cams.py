@@ -36,7 +36,8 @@ from pipeline.data.manifest import Sample, load_manifest
 from pipeline.io import DataError, read_label_png, read_npz, read_rgb, write_bytes, write_json, write_npz
 from pipeline.metrics import ThresholdSweep, thresholds_from
 from pipeline.parallel import chunked, map_items, num_workers
-from stages._common import CAMS, CLASSIFIER, MANIFEST, REPORTS, load_trained_classifier, stage_main
+from stages._classifier import load_trained_classifier
+from stages._common import CAMS, CLASSIFIER, MANIFEST, REPORTS, stage_main
 
 MODEL = CLASSIFIER / "model.pt"
 TAG_FILE = "_params.json"

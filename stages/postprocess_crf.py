@@ -22,7 +22,8 @@ from pipeline.metrics import thresholds_from
 from pipeline.parallel import map_items
 from pipeline.postprocess.crf import crf_params, crf_scores
 from pipeline.postprocess.labels import sweep_counts
-from stages._common import MANIFEST, SCORES, load_cam_inputs, stage_main, write_sweep_report
+from stages._cam_inputs import load_cam_inputs, write_sweep_report
+from stages._common import MANIFEST, SCORES, stage_main
 
 METHOD = "crf"
 

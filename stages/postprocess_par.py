@@ -25,7 +25,8 @@ from pipeline.metrics import thresholds_from
 from pipeline.parallel import map_items
 from pipeline.postprocess.labels import sweep_counts
 from pipeline.postprocess.par import par_kwargs, par_refine
-from stages._common import MANIFEST, SCORES, fan_out_runtime, load_cam_inputs, stage_main, write_sweep_report
+from stages._cam_inputs import fan_out_runtime, load_cam_inputs, write_sweep_report
+from stages._common import MANIFEST, SCORES, stage_main
 
 METHOD = "par"
 

@@ -26,8 +26,8 @@ from pipeline.models.affinitynet import AffinityNet, affinity_matrix, load_affin
 from pipeline.parallel import map_items
 from pipeline.postprocess.labels import sweep_counts
 from pipeline.postprocess.psa import random_walk, walk_inputs, walk_scores
-from stages._common import (AFFINITYNET, MANIFEST, SCORES, fan_out_runtime, load_cam_inputs, stage_main,
-                            write_sweep_report)
+from stages._cam_inputs import fan_out_runtime, load_cam_inputs, write_sweep_report
+from stages._common import AFFINITYNET, MANIFEST, SCORES, stage_main
 
 METHOD = "psa"
 MODEL = AFFINITYNET / "model.pt"

@@ -32,7 +32,8 @@ from pipeline.parallel import map_items
 from pipeline.postprocess.crf import background_probs, crf_inference, crf_params
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_labels, downsample_labels, random_crop
-from stages._common import AFFINITYNET, MANIFEST, REPORTS, load_cam_inputs, stage_main
+from stages._cam_inputs import load_cam_inputs
+from stages._common import AFFINITYNET, MANIFEST, REPORTS, stage_main
 
 MODEL = AFFINITYNET / "model.pt"
 LIVE_DIR = REPORTS / "train_psa"

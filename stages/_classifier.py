@@ -1,0 +1,29 @@
+"""Loading the trained classifier (stages export_cams and analyze_layers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.io import DataError
+from stages._common import CLASSIFIER
+
+
+def load_trained_classifier(params: Params) -> tuple[Any, Any]:
+    """(classifier in eval mode, device) from models/classifier/model.pt; on CPU torch gets
+    ``runtime.workers`` threads (the stage runs one batched forward at a time)."""
+    import torch
+
+    from pipeline.device import resolve_device
+    from pipeline.models.vit import load_classifier
+    from pipeline.parallel import num_workers
+
+    path = CLASSIFIER / "model.pt"
+    if not path.exists():
+        raise DataError(f"{path}: classifier not found (run stage train_cls first)")
+    device = resolve_device(params.runtime.device)
+    model = load_classifier(path, device)
+    model.eval()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, num_workers(params.runtime)))
+    return model, device
