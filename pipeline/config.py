@@ -14,6 +14,7 @@ applied with ``dvc exp run`` set-arguments, so DVC tracks every value that shape
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,25 @@ PROFILES_DIR = ROOT / "profiles"
 
 class ConfigError(ValueError):
     """A parameter a user can fix; the message names the dotted key."""
+
+
+WEIGHTS_DIR = Path("weights")  # local starting weights live here (files or symlinks), relative to the project
+WEIGHT_KEYWORDS = ("none", "timm", "imagenet")  # none: random init; timm / imagenet: the hub (needs internet)
+TOY_ROOT = "data/toyvoc/VOCdevkit/VOC2012"  # where stage generate_toy writes the toy set (dataset.root of toyvoc)
+
+
+def weights_file(value: str) -> Path | None:
+    """The local file a weights parameter names, or None for ``none`` / ``timm`` / ``imagenet``.
+
+    In params.yaml a local file is given by its name under ``weights/`` (put the file or a symlink there),
+    because dvc.yaml depends on ``weights/<value>``: DVC then hashes the file itself, and replacing it at the
+    same path reruns the stages that start from it. The keywords are small marker files in that folder.
+    Absolute paths are accepted by the library (tests, ``pipeline.predict``) but not by stage ``check``.
+    """
+    if value in WEIGHT_KEYWORDS:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else WEIGHTS_DIR / path
 
 
 class Section(BaseModel):
@@ -76,7 +96,7 @@ class CocoSpec(Section):
 
 class Dataset(Section):
     name: Literal["toyvoc", "voc", "coco"] = "toyvoc"
-    root: str | None = None  # voc: .../VOCdevkit/VOC2012; coco: folder with images + annotations
+    root: str = TOY_ROOT  # voc: .../VOCdevkit/VOC2012; coco: folder with images + annotations (a DVC dependency)
     train_split: str = "train"  # voc: train | train_aug ; coco: train
     val_split: str = "val"
     max_images: int = Field(0, ge=0)  # 0 = all; >0 keeps the first N of each split (quick trials)
@@ -246,10 +266,22 @@ class UpperBound(Section):
     enabled: bool = True  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
 
 
+class EvalCRF(Section):
+    """Test-time dense CRF on the segmenter's probabilities (DeepLab-style; its own kernels, so that a
+    pseudo-label CRF edit does not rerun evaluation)."""
+    enabled: bool = False
+    gauss_sxy: float = Field(3, gt=0)
+    gauss_compat: float = Field(3, ge=0)
+    bi_sxy: float = Field(80, gt=0)
+    bi_srgb: float = Field(13, gt=0)
+    bi_compat: float = Field(10, ge=0)
+    iterations: int = Field(10, ge=1)
+
+
 class Eval(Section):
     scales: list[float] = Field([1.0], min_length=1)
     flip: bool = True
-    crf: bool = False
+    crf: EvalCRF = EvalCRF()
     num_overlays: int = Field(6, ge=0)
 
     @model_validator(mode="after")
@@ -362,7 +394,15 @@ def set_args(overrides: dict) -> list[str]:
     """``dvc exp run`` arguments (``-S key=value`` pairs) for a nested override dict."""
     args: list[str] = []
     for key, value in flatten(overrides).items():
-        args += ["-S", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        if any(c.isspace() for c in text) or any(c in text for c in "'\"$`\\;&|<>*?"):
+            raise ConfigError(f"{key}: value {text!r} cannot be passed through $(...) word splitting; "
+                              "use `python -m pipeline.config apply` on a copy of params.yaml instead")
+        args += ["-S", f"{key}={text}"]
     return args
 
 
@@ -390,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "show":
             print(yaml.safe_dump(load_params().model_dump(), sort_keys=False))
         elif args.cmd == "set-args":
-            print(" ".join(f"'{a}'" if " " in a else a for a in set_args(profile_overrides(args.profile))))
+            print(" ".join(set_args(profile_overrides(args.profile))))
         elif args.cmd == "apply":
             path = Path(args.params)
             merged = deep_merge(read_yaml(path), profile_overrides(args.profile))

@@ -1,8 +1,8 @@
 """Stage `evaluate`: mIoU of the segmentation network on the val split (Table IV of the paper).
 
 Every val image with a ground-truth mask is predicted with multi-scale + flip inference
-(``eval.scales``, ``eval.flip``; softmax averaged) and, with ``eval.crf``, refined by a dense CRF
-with the ``crf`` section's kernel parameters (images run in parallel per ``runtime``). Writes:
+(``eval.scales``, ``eval.flip``; softmax averaged) and, with ``eval.crf.enabled``, refined by a dense CRF
+with the kernel parameters of ``eval.crf`` (images run in parallel per ``runtime``). Writes:
 
 - ``reports/evaluate/metrics.json``: ``miou``, ``pixel_acc``, ``mean_acc``, ``num_images`` and
   ``per_class`` ({class name: IoU}; null for a class absent from both ground truth and prediction);
@@ -155,13 +155,13 @@ def run(params: Params, upper_bound: bool = False) -> None:
                         f"{num_classes} (background included); rerun {stage}")
     class_names = list(manifest.class_names)
     crf_kwargs = None
-    if cfg.crf:
+    if cfg.crf.enabled:
         from pipeline.postprocess.crf import crf_params
 
-        crf_kwargs = crf_params(params.crf)
+        crf_kwargs = crf_params(cfg.crf)
     conf = np.zeros((num_classes, num_classes), np.int64)
     start = time.perf_counter()
-    chunk = max(8, 8 * num_workers(params.runtime)) if cfg.crf else 1
+    chunk = max(8, 8 * num_workers(params.runtime)) if cfg.crf.enabled else 1
     with atomic_dir(out / "figures") as figures:
         overlays = figures / "overlays"
         overlays.mkdir()
@@ -196,7 +196,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
     write_bytes(out / "confusion.csv", confusion_csv(conf, class_names).encode())
     shown = "n/a" if metrics["miou"] is None else f"{100 * metrics['miou']:.1f}%"
     print(f"evaluate: {model_path} val mIoU {shown} on {len(samples)} images (scales {cfg.scales}, flip {cfg.flip}, "
-          f"crf {cfg.crf}) in {elapsed:.1f} s", flush=True)
+          f"crf {cfg.crf.enabled}) in {elapsed:.1f} s", flush=True)
 
 
 def _load(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,75 +1,75 @@
 """Stage `prepare`: build data/prepared/ (manifest.json, summary.json and any generated files).
 
-- ``toyvoc``: generate the toy dataset into data/prepared/toyvoc/VOCdevkit/VOC2012 and read it back
-  through the VOC reader, so the toy path exercises the real one.
+- ``toyvoc``: read the toy dataset that stage generate_toy wrote (``dataset.root``, VOC layout) through
+  the VOC reader, so the toy path exercises the real one.
 - ``voc``: check every image and mask of the two splits under ``dataset.root`` and reference them in
   place (absolute paths).
 - ``coco``: rasterise the instance annotations into data/prepared/masks/<split>/<id>.png.
 
 The manifest's splits are always ``train`` and ``val`` (``dataset.train_split`` / ``val_split`` pick
-the source lists). The folder is built under a temporary name and swapped in only when everything
-succeeded, so a failing run (a corrupt image, a bad parameter) leaves an earlier data/prepared untouched.
+the source lists). ``summary.json`` carries a sha256 of every referenced image and mask, so a file
+changed in place changes this stage's output. The folder is built under a temporary name and swapped in
+only when everything succeeded, so a failing run (a corrupt image) leaves an earlier data/prepared
+untouched; DVC itself deletes it before the command runs, which is why stage ``check`` validates first.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ConfigError, Dataset, Params, Runtime
+from pipeline.config import Dataset, Params, Runtime
 from pipeline.data.coco import CocoItem, coco_classes, coco_items, load_coco_json, rasterize
 from pipeline.data.manifest import Manifest, Sample
-from pipeline.data.toyvoc import generate_toyvoc, toy_class_names
+from pipeline.data.toyvoc import toy_class_names
 from pipeline.data.voc import VOC_CLASSES, check_image, read_voc
 from pipeline.io import DataError, atomic_dir, write_json, write_label_png
 from pipeline.parallel import map_items
 from stages._common import MANIFEST, PREPARED, stage_main
+from stages.check import check_dataset_params
 
 SUMMARY = PREPARED / "summary.json"
-TOY_SPLITS = ("train", "val", "trainval")
 
 
 def _mapper(runtime: Runtime) -> Callable[[Callable, list, str], list]:
     return lambda fn, items, desc: map_items(fn, items, runtime, desc)
 
 
-def _rebase(samples: list[Sample], tmp: Path, final: Path) -> list[Sample]:
-    """Paths under the temporary build folder -> the same paths under the final folder."""
-    tmp = tmp.resolve()
-
-    def move(p: str | None) -> str | None:
-        return None if p is None else (final / Path(p).resolve().relative_to(tmp)).as_posix()
-
-    return [replace(s, image=move(s.image), mask=move(s.mask)) for s in samples]
-
-
-def _check_params(ds: Dataset) -> None:
-    if ds.name in ("voc", "coco") and not ds.root:
-        what = "VOCdevkit/VOC2012" if ds.name == "voc" else "the COCO folder (images + annotations/)"
-        raise ConfigError(f"dataset.root: required for dataset.name: {ds.name} (the path to {what})")
-    allowed = {"toyvoc": TOY_SPLITS, "coco": ("train", "val")}.get(ds.name)
-    for key in ("train_split", "val_split"):
-        value = getattr(ds, key)
-        if allowed and value not in allowed:
-            raise ConfigError(f"dataset.{key}: {value!r} is not a split of {ds.name} "
-                              f"(choose from {', '.join(allowed)})")
+def _file_digest(path: str | None) -> str:
+    if path is None:
+        return "-"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def prepare_toyvoc(ds: Dataset, runtime: Runtime, tmp: Path) -> Manifest:
-    spec = ds.toy
-    if ds.max_images:
-        spec = spec.model_copy(update={"num_train": min(spec.num_train, ds.max_images),
-                                       "num_val": min(spec.num_val, ds.max_images)})
+def content_digest(manifest: Manifest, runtime: Runtime, built: Path) -> str:
+    """sha256 over the bytes of every image and mask the manifest references, in manifest order. It goes
+    into summary.json, so a file fixed in place under ``dataset.root`` changes data/prepared (and with it
+    what every later stage and every resume tag sees), even where the manifest's paths stay the same.
+    ``built`` is the folder being built, where this run's own files (COCO masks) still are."""
+    def source(p: str | None) -> str | None:  # files this run writes (COCO masks) are still in ``built``
+        inside = p is not None and Path(p).is_relative_to(PREPARED)
+        return str(built / Path(p).relative_to(PREPARED)) if inside else p
+
+    paths = [source(p) for samples in manifest.splits.values() for s in samples for p in (s.image, s.mask)]
+    h = hashlib.sha256()
+    for digest in map_items(_file_digest, paths, runtime, "hashing data"):
+        h.update(digest.encode())
+    return h.hexdigest()
+
+
+def prepare_toyvoc(ds: Dataset, runtime: Runtime) -> Manifest:
+    """The toy set written by stage generate_toy (or any VOC-layout root with the toy's class names)."""
+    names = toy_class_names(ds.toy.num_classes)
     map_fn = _mapper(runtime)
-    voc_root = generate_toyvoc(tmp / "toyvoc", spec, map_fn)
-    names = toy_class_names(spec.num_classes)
-    splits = {}
-    for split, source in (("train", ds.train_split), ("val", ds.val_split)):
-        samples = read_voc(voc_root, source, names, ds.max_images, map_fn)
-        splits[split] = tuple(_rebase(samples, tmp, PREPARED))
+    splits = {split: tuple(read_voc(ds.root, source, names, ds.max_images, map_fn))
+              for split, source in (("train", ds.train_split), ("val", ds.val_split))}
     return Manifest("toyvoc", tuple(names), splits)
 
 
@@ -142,10 +142,10 @@ def summarize(manifest: Manifest) -> dict:
 
 def run(params: Params) -> Manifest:
     ds = params.dataset
-    _check_params(ds)
+    check_dataset_params(ds)
     with atomic_dir(PREPARED) as tmp:
         if ds.name == "toyvoc":
-            manifest = prepare_toyvoc(ds, params.runtime, tmp)
+            manifest = prepare_toyvoc(ds, params.runtime)
         elif ds.name == "voc":
             manifest = prepare_voc(ds, params.runtime)
         else:
@@ -154,7 +154,8 @@ def run(params: Params) -> Manifest:
             if not manifest.splits.get(name):
                 raise DataError(f"{ds.name}: split {name!r} is empty")
         write_json(tmp / MANIFEST.name, manifest.to_dict())
-        write_json(tmp / SUMMARY.name, summarize(manifest))
+        digest = content_digest(manifest, params.runtime, tmp)
+        write_json(tmp / SUMMARY.name, {**summarize(manifest), "content_sha256": digest})
     sizes = ", ".join(f"{k}: {len(v)}" for k, v in manifest.splits.items())
     print(f"prepared {ds.name}: {manifest.num_classes} classes, {sizes} -> {MANIFEST}")
     return manifest

@@ -5,11 +5,13 @@ train_cls, aream, par (and dataset, for the checkpoint tag). Writes
 
 - ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
 - ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
-  states, history), tagged with a hash of the params that shape training. On start a checkpoint with the
-  same tag is resumed (the result equals an uninterrupted run); one with another tag is ignored and
-  training starts fresh;
+  states, history), tagged with :func:`stages._common.run_tag` of the params, the stage's code, the
+  prepared data and the starting weights. On start a checkpoint with the same tag is resumed (the result
+  equals an uninterrupted run); one with another tag is ignored and training starts fresh. A finished run
+  deletes it, so ``dvc repro -f`` retrains;
 - ``reports/train_cls/live/``: dvclive per-epoch metrics (loss_cls, loss_aff, lr, val mAP, mean w_hat per
-  layer) as DVC plots; ``reports/train_cls/metrics.json``: the final values.
+  layer) as DVC plots; ``reports/train_cls/metrics.json``: the final values (wall time and throughput go
+  to ``reports/timing/train_cls.json``, outside DVC, so the outputs are the same bytes in every run).
 
 Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_node=G -m stages.train_cls``
 (``train_cls.batch_size`` is the global batch, split over the processes; only rank 0 writes).
@@ -17,7 +19,6 @@ Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -25,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Params, params_hash
+from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
 from pipeline.device import resolve_device
-from pipeline.io import DataError, atomic_path, write_json
+from pipeline.io import DataError, write_json, write_torch
 from pipeline.models.vit import save_classifier
 from pipeline.train_cls import Callbacks, Distributed, train_classifier
-from stages._common import CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, REPORTS, stage_main
+from stages._common import (CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, PREPARED, REPORTS, stage_main,
+                            write_timing)
+from stages._resume import run_tag
 
 CHECKPOINT = CLASSIFIER_CKPT / "last.pt"
 MODEL = CLASSIFIER / "model.pt"
@@ -43,8 +46,10 @@ LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch
 
 
 def training_hash(params: Params) -> str:
-    """Tag of the params that shape training (a checkpoint is resumed only under the same tag)."""
-    return params_hash({name: getattr(params, name).model_dump() for name in HASHED_SECTIONS})
+    """Tag of everything that shapes the weights: the params sections, this stage's code, the prepared data
+    and the starting weights (a checkpoint is resumed only under the same tag)."""
+    return run_tag("stages.train_cls", {name: getattr(params, name).model_dump() for name in HASHED_SECTIONS},
+                   [MANIFEST, PREPARED / "summary.json", weights_file(params.classifier.pretrained)])
 
 
 def load_checkpoint(path: Path, tag: str) -> dict | None:
@@ -57,17 +62,15 @@ def load_checkpoint(path: Path, tag: str) -> dict | None:
         print(f"train_cls: checkpoint {path} unreadable ({err}); starting fresh", file=sys.stderr)
         return None
     if not isinstance(ckpt, dict) or ckpt.get("params_hash") != tag:
-        print(f"train_cls: checkpoint {path} was made with other parameters; starting fresh", file=sys.stderr)
+        print(f"train_cls: checkpoint {path} was made with other params, code, data or weights; starting fresh",
+              file=sys.stderr)
         return None
     print(f"train_cls: resuming from {path} after epoch {ckpt['epoch']}", file=sys.stderr)
     return ckpt
 
 
 def save_checkpoint(path: Path, state: dict, tag: str) -> None:
-    buf = io.BytesIO()
-    torch.save({**state, "params_hash": tag}, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_torch(path, {**state, "params_hash": tag})
 
 
 def chance_map(samples, num_classes: int) -> float:
@@ -162,9 +165,11 @@ def run(params: Params, stop_after: int | None = None) -> None:
     metrics = {k: v for k, v in last.items() if k in LOGGED or k.startswith("w_hat_l")}
     metrics.update({"epochs": len(result.history), "chance_map": chance_map(val, manifest.num_classes),
                     "best_val_map": max((h.get("val_map", float("nan")) for h in result.history), default=None),
-                    "train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
                     "aream": params.aream.enabled, "device": device.type})
     write_json(METRICS, metrics)
+    write_timing("train_cls", {"train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
+                               "resumed_from_epoch": resume["epoch"] if resume else 0})
+    CHECKPOINT.unlink(missing_ok=True)  # a finished run leaves no checkpoint: a forced rerun trains anew
     print(f"train_cls: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
           f"model written to {MODEL}", file=sys.stderr)
 

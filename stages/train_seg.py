@@ -6,11 +6,13 @@ bound; images without a mask are skipped and counted). Trains per the ``seg`` se
 ``pipeline/train_seg.py``) and writes:
 
 - ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
-- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with a hash of the ``seg``
-  and ``dataset`` params, the world size and the bytes of the training labels. A rerun with the
-  same hash resumes after the last finished epoch (same result as an uninterrupted run); any
-  other checkpoint is ignored and training starts over;
-- ``reports/train_seg/metrics.json`` and per-epoch dvclive curves in ``reports/train_seg/live``.
+- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with :func:`stages._common.run_tag`
+  of the ``seg`` and ``dataset`` params, the world size, the stage's code, the prepared data, the bytes of
+  the training labels and the starting weights. A rerun with the same tag resumes after the last finished
+  epoch (same result as an uninterrupted run); any other checkpoint is ignored and training starts over.
+  A finished run deletes it, so ``dvc repro -f`` retrains;
+- ``reports/train_seg/metrics.json`` and per-epoch dvclive curves in ``reports/train_seg/live`` (wall
+  time and throughput go to ``reports/timing/``, outside DVC).
 
 Multi-GPU: ``torchrun --nproc_per_node N -m stages.train_seg`` (DDP, ``seg.batch_size`` is the
 global batch; rank 0 writes every output).
@@ -33,14 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, Params, params_hash
+from pipeline.config import Params, weights_file
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.device import resolve_device, seed_everything
-from pipeline.io import DataError, atomic_path, read_label_png, read_rgb, write_json, write_text
+from pipeline.io import DataError, read_label_png, read_rgb, write_json, write_text, write_torch
 from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.train_seg import SegTrainSet, TrainState, train_segmenter
-from stages._common import (MANIFEST, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT, SEGMENTER_GT_CKPT,
-                            SKIPPED, stage_main)
+from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
+                            SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_timing)
+from stages._resume import run_tag
+
+
+LIVE_KEYS = ("loss", "pixel_acc", "lr")  # per-epoch curves (throughput varies run to run: reports/timing/)
 
 
 @dataclass(frozen=True)
@@ -122,15 +128,14 @@ def load_checkpoint(path: Path, expected_hash: str, verbose: bool = True) -> Tra
         say(f"ignoring unreadable checkpoint {path} ({type(err).__name__}); training from scratch", flush=True)
         return None
     if tag != expected_hash:
-        say(f"checkpoint {path} was made with other params or labels; training from scratch", flush=True)
+        say(f"checkpoint {path} was made with other params, code, data or weights; training from scratch", flush=True)
         return None
     say(f"resuming from {path} after epoch {state.epoch}", flush=True)
     return state
 
 
 def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"params_hash": tag, "state": vars(state)}, tmp)
+    write_torch(path, {"params_hash": tag, "state": vars(state)})
 
 
 def run(params: Params, upper_bound: bool = False) -> None:
@@ -139,10 +144,9 @@ def run(params: Params, upper_bound: bool = False) -> None:
     if upper_bound and not params.upper_bound.enabled:
         write_text(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model trained\n")
         write_json(out.report / "metrics.json", {"skipped": True})
+        write_empty_plots(out.live_dir)
         print("train_seg_gt: skipped (upper_bound.enabled: false)", flush=True)
         return
-    if cfg.encoder_weights not in ("none", "imagenet") and not Path(cfg.encoder_weights).is_file():
-        raise ConfigError(f"seg.encoder_weights: weights file {cfg.encoder_weights!r} not found")
     manifest = load_manifest(MANIFEST)
     num_classes = manifest.num_classes + 1
     pairs, skipped = training_pairs(manifest.split("train"), cfg.labels)
@@ -153,8 +157,9 @@ def run(params: Params, upper_bound: bool = False) -> None:
 
     device, rank, world = setup_distributed(params.runtime.device)
     seed_everything(cfg.seed)
-    tag = params_hash({"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(), "world": world,
-                       "labels": labels_digest(pairs), "num_classes": num_classes})
+    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(), "world": world,
+                                       "labels": labels_digest(pairs), "num_classes": num_classes},
+                  [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
     model = build_segmenter(cfg, num_classes).to(device)
     net: torch.nn.Module = model
     if world > 1:
@@ -191,11 +196,13 @@ def run(params: Params, upper_bound: bool = False) -> None:
     if rank == 0:
         final = history[-1]
         metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
-                   "train_images": len(pairs), "skipped_images": skipped,
-                   "images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
-                   "resumed_from_epoch": resume.epoch if resume else 0, "train_seconds": round(elapsed, 1)}
+                   "train_images": len(pairs), "skipped_images": skipped}
         save_segmenter(model, out.model, manifest.class_names, extra={"params_hash": tag, "metrics": metrics})
         write_json(out.report / "metrics.json", metrics)
+        write_timing(out.report.name, {"images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
+                                       "resumed_from_epoch": resume.epoch if resume else 0,
+                                       "train_seconds": round(elapsed, 1)})
+        out.ckpt.unlink(missing_ok=True)  # a finished run leaves no checkpoint: a forced rerun trains anew
         live.end()
         print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
               f"{cfg.labels} labels; model -> {out.model}", flush=True)
@@ -204,8 +211,17 @@ def run(params: Params, upper_bound: bool = False) -> None:
         torch.distributed.destroy_process_group()
 
 
+def write_empty_plots(live_dir: Path) -> None:
+    """The plots folder dvc.yaml declares, with no points, for a skipped run (DVC fails on a missing out)."""
+    from pipeline.io import atomic_dir
+
+    with atomic_dir(live_dir / "plots" / "metrics") as tmp:
+        for key in LIVE_KEYS:  # a header and no points: a valid, empty DVC plot
+            (tmp / f"{key}.tsv").write_text(f"step\t{key}\n")
+
+
 def _log(live, metrics: dict) -> None:
-    for key in ("loss", "pixel_acc", "lr", "images_per_s"):
+    for key in LIVE_KEYS:
         live.log_metric(key, metrics[key])
     live.next_step()
 

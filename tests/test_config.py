@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (ConfigError, deep_merge, load_params, parse_params, profile_overrides,
+from pipeline.config import (ConfigError, deep_merge, load_params, parse_params, profile_overrides, read_yaml,
                              set_args)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,29 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_deep_merge_and_set_args():
     merged = deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}})
     assert merged == {"a": {"b": 3, "c": 2}}
-    assert set_args({"a": {"b": [1, 2]}, "d": 0.001}) == ["-S", "a.b=[1, 2]", "-S", "d=0.001"]
+    assert set_args({"a": {"b": [1, 2]}, "d": 0.001, "e": None, "f": True}) == \
+        ["-S", "a.b=[1,2]", "-S", "d=0.001", "-S", "e=null", "-S", "f=true"]
+
+
+def test_set_args_survive_shell_word_splitting():
+    """`dvc exp run $(python -m pipeline.config set-args voc)`: the shell splits the output on whitespace
+    and does not strip quotes, so no argument may contain either."""
+    with pytest.raises(ConfigError, match="word splitting"):
+        set_args({"a": "two words"})
+
+
+@pytest.mark.parametrize("name", ["smoke", "voc"])
+def test_set_args_give_dvc_the_profile_values(name, tmp_path):
+    """DVC parses `-S` values with its own (Hydra) grammar: applying the printed arguments with DVC's code
+    must give exactly the values of params.yaml merged with the profile."""
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    args = set_args(profile_overrides(name))
+    apply_overrides(params, [a for a in args if a != "-S"])
+    expected = deep_merge(read_yaml(ROOT / "params.yaml"), profile_overrides(name))
+    assert read_yaml(params) == expected
 
 
 @pytest.mark.parametrize("name", ["smoke", "voc"])

@@ -118,7 +118,8 @@ def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
     torch.manual_seed(0)
     model = build_segmenter(Seg(decoder_channels=16), 4)
     save_segmenter(model, tmp_path / "models/segmenter/model.pt", ["background", "red", "green", "blue"])
-    params = load_params(overrides={"eval": {"scales": [0.75, 1.0], "flip": True, "crf": crf, "num_overlays": 2},
+    params = load_params(overrides={"eval": {"scales": [0.75, 1.0], "flip": True, "crf": {"enabled": crf},
+                                             "num_overlays": 2},
                                     "runtime": {"device": "cpu", "task_runner": "serial"}})
     stage.run(params)
     metrics = json.loads((tmp_path / "reports/evaluate/metrics.json").read_text())

@@ -41,11 +41,11 @@ def test_stage_order_follows_dependencies(tmp_path):
     assert stage_order(repo) == ["a_first", "b_middle", "c_last"]
 
 
-def test_stage_order_of_this_project_starts_with_prepare_and_ends_with_report():
+def test_stage_order_of_this_project_validates_first_and_ends_with_report():
     from pipeline.flow import stage_order
 
     order = stage_order(ROOT)
-    assert order[0] == "prepare" and order[-1] == "report"
+    assert order[:3] == ["generate_toy", "check", "prepare"] and order[-1] == "report"
     assert order.index("train_cls") < order.index("export_cams") < order.index("pseudo_labels")
     assert order.index("pseudo_labels") < order.index("train_seg") < order.index("evaluate")
 

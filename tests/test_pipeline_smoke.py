@@ -1,7 +1,12 @@
 """The whole DAG, for real, on the smoke profile: `dvc repro` in a scratch copy of the project.
 
 Checks that every stage runs and writes what the next one reads, that a second `dvc repro` does
-nothing, and that a CRF-only edit leaves every other branch up to date.
+nothing, and what DVC records is true: a forced rerun retrains and gives the same bytes, a code edit
+reruns exactly the stages that import the file, a bad parameter stops the run before any output is
+deleted, a skipped upper bound still completes the DAG, metrics come back with `dvc checkout`, a CRF-only
+edit leaves every other branch up to date, and the README's profile commands work as written. A second
+scratch project with the dataset outside the repository checks that DVC sees files change there and in
+weights/.
 """
 
 import json
@@ -21,14 +26,39 @@ SKIP = {".git", ".venv", "data", "models", "reports", ".pytest_cache", ".prefect
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd, cwd, timeout=900):
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(cwd), "PYTHONUNBUFFERED": "1",
+def _env(cwd):
+    return {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(cwd), "PYTHONUNBUFFERED": "1",
            "PREFECT_HOME": str(cwd / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+
+
+def _run(cmd, cwd, timeout=900, ok=True):
+    r = subprocess.run(cmd, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL, shell=isinstance(cmd, str), executable="/bin/bash" if
+                       isinstance(cmd, str) else None)
+    if ok:
+        assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r
+
+
+def _dvc(*args, cwd, ok=True):
+    return _run([str(BIN / "dvc"), *args], cwd, ok=ok)
+
+
+def _changed(repo) -> set:
+    return set(json.loads(_dvc("status", "--json", cwd=repo).stdout))
+
+
+def _lock_outs(repo) -> dict:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {(name, o["path"]): o["md5"] for name, st in lock.items() for o in st.get("outs", [])}
+
+
+def _edit_params(repo, section, key, value):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _copy_project(dst: Path) -> None:
@@ -37,16 +67,23 @@ def _copy_project(dst: Path) -> None:
     shutil.copytree(ROOT, dst, ignore=ignore)
     (dst / ".dvc" / "cache").exists() and shutil.rmtree(dst / ".dvc" / "cache")
     (dst / ".dvc" / "tmp").exists() and shutil.rmtree(dst / ".dvc" / "tmp")
+    (dst / "weights").exists() and [p.unlink() for p in (dst / "weights").iterdir() if p.name not in
+                                    ("none", "timm", "imagenet", "README.md")]
 
 
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("smoke") / "project"
+def _scratch_project(base) -> Path:
+    repo = base / "project"
     _copy_project(repo)
     _run(["git", "init", "-q"], repo)
     _run([str(BIN / "python"), "-m", "pipeline.config", "apply", "smoke"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "smoke"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    repo = _scratch_project(tmp_path_factory.mktemp("smoke"))
     start = time.perf_counter()
     _run([str(BIN / "dvc"), "repro"], repo)
     print(f"smoke DAG: {time.perf_counter() - start:.0f} s")
@@ -68,6 +105,7 @@ def test_every_stage_produced_its_outputs(smoke_repo):
     assert json.loads((smoke_repo / "reports/train_seg_gt/metrics.json").read_text())["train_images"] == 48
     cams = json.loads((smoke_repo / "reports/cams/metrics.json").read_text())
     assert {"cam", "avg", "aream"} <= set(cams)
+    assert not (smoke_repo / "data/prepared/toyvoc").exists()  # generate_toy writes data/toyvoc
     report = (smoke_repo / "reports/report.md").read_text()
     assert "Table I" in report and "Segmentation" in report and "fully supervised bound" in report
 
@@ -81,14 +119,155 @@ def test_second_repro_is_a_fast_noop(smoke_repo):
     print(f"no-op repro: {elapsed:.1f} s")
 
 
+def test_forced_rerun_retrains_and_gives_the_same_bytes(smoke_repo):
+    """`dvc repro -f` of the whole DAG: no stage resumes a finished checkpoint, and identical results are
+    identical files, so every output hash in dvc.lock stays the same."""
+    before = _lock_outs(smoke_repo)
+    assert not list((smoke_repo / "models").glob("*_ckpt/last.pt"))  # finished runs leave no checkpoint
+    r = _dvc("repro", "-f", cwd=smoke_repo)
+    assert "resuming" not in r.stdout + r.stderr
+    assert "train_cls: epoch 1/" in r.stdout + r.stderr
+    after = _lock_outs(smoke_repo)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
+                             if before.get(k) != after.get(k)}
+
+
+def test_a_code_edit_reruns_exactly_the_stages_that_import_it(smoke_repo):
+    from pipeline.codedeps import closure
+
+    stages = yaml.safe_load((smoke_repo / "dvc.yaml").read_text())["stages"]
+    importers = {n for n, st in stages.items() if "pipeline/metrics.py" in closure(st["cmd"].split()[2])}
+    assert {"export_cams", "evaluate", "evaluate_gt", "pseudo_labels"} <= importers
+    metrics_py = smoke_repo / "pipeline" / "metrics.py"
+    original = metrics_py.read_bytes()
+    metrics_py.write_bytes(original + b"\n# an edit\n")
+    assert _changed(smoke_repo) == importers
+    metrics_py.write_bytes(original)
+    assert _changed(smoke_repo) == set()
+    # the case of a finished classifier "resumed" under new code: now it trains, from epoch 1
+    train_py = smoke_repo / "pipeline" / "train_cls.py"
+    train_py.write_bytes(train_py.read_bytes() + b"\n# an edit\n")
+    r = _dvc("repro", "train_cls", cwd=smoke_repo)
+    assert "resuming" not in r.stderr and "train_cls: epoch 1/" in r.stderr
+
+
+def test_a_bad_parameter_stops_the_run_before_anything_is_deleted(smoke_repo):
+    params = (smoke_repo / "params.yaml").read_text()
+    kept = [smoke_repo / p for p in ("models/classifier/model.pt", "data/prepared/manifest.json",
+                                     "reports/evaluate/metrics.json")]
+    for section, key, value, message in (("train_cls", "lr", "fast", "train_cls.lr"),
+                                         ("runtime", "worker", 4, "runtime.worker: unknown key"),
+                                         ("dataset", "root", "/no/such/VOC2012", "/no/such/VOC2012")):
+        _edit_params(smoke_repo, section, key, value)
+        r = _dvc("repro", cwd=smoke_repo, ok=False)
+        assert r.returncode != 0 and message in r.stdout + r.stderr, (key, r.stdout[-2000:], r.stderr[-2000:])
+        assert all(p.is_file() for p in kept), key
+        (smoke_repo / "params.yaml").write_text(params)
+    r = _dvc("repro", cwd=smoke_repo)  # at most the validating stage reruns (or comes from the run cache)
+    assert {ln for ln in r.stdout.splitlines() if ln.startswith("Running stage")} <= {"Running stage 'check':"}
+    assert _changed(smoke_repo) == set()
+
+
+def test_a_skipped_upper_bound_completes_the_dag(smoke_repo):
+    params = (smoke_repo / "params.yaml").read_text()
+    _edit_params(smoke_repo, "upper_bound", "enabled", False)
+    _dvc("repro", cwd=smoke_repo)
+    assert json.loads((smoke_repo / "reports/evaluate_gt/metrics.json").read_text())["skipped"] is True
+    assert "fully supervised bound" not in (smoke_repo / "reports/report.md").read_text()
+    (smoke_repo / "params.yaml").write_text(params)
+    r = _dvc("repro", cwd=smoke_repo)  # back: the run cache restores the bound without training it
+    assert "train_seg_gt: epoch" not in r.stdout + r.stderr
+    assert _changed(smoke_repo) == set()
+
+
+def test_metrics_come_back_with_dvc_checkout(smoke_repo):
+    metrics = smoke_repo / "reports/evaluate/metrics.json"
+    text = metrics.read_text()
+    metrics.unlink()
+    _dvc("checkout", cwd=smoke_repo)
+    assert metrics.read_text() == text
+
+
 def test_crf_edit_touches_only_its_branch(smoke_repo):
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
-    params["crf"]["bi_srgb"] = 7
-    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    r = _run([str(BIN / "dvc"), "status", "--json"], smoke_repo)
-    changed = set(json.loads(r.stdout))
-    assert {"postprocess_crf", "train_psa", "evaluate"} <= changed
-    assert not changed & {"prepare", "train_cls", "export_cams", "analyze_layers", "postprocess_par", "train_seg_gt"}
+    params = (smoke_repo / "params.yaml").read_text()
+    _edit_params(smoke_repo, "crf", "bi_srgb", 7)
+    changed = _changed(smoke_repo)
+    assert {"check", "postprocess_crf", "train_psa"} <= changed
+    assert not changed & {"prepare", "train_cls", "export_cams", "analyze_layers", "postprocess_par", "train_seg_gt",
+                          "evaluate", "evaluate_gt"}  # eval.crf.enabled is false: evaluation does not read crf
+    (smoke_repo / "params.yaml").write_text(params)
+
+
+def test_the_readme_profile_commands_work_as_written(smoke_repo):
+    """Through a shell, exactly as the README writes them: the smoke profile (already applied here, so DVC
+    finds nothing to run) and the VOC one, which must get past argument parsing and stop at the missing
+    dataset root with nothing deleted."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [ln.split("#")[0].strip() for ln in readme.splitlines() if "$(python -m pipeline.config set-args" in ln
+                and ln.startswith("dvc exp run")]
+    assert [c.split("set-args ")[1].split(")")[0] for c in commands] == ["smoke", "voc", "voc"]
+    r = _run(commands[0], smoke_repo)
+    assert "Running stage" not in r.stdout
+    before = _lock_outs(smoke_repo)
+    for command in commands[1:]:
+        r = _run(command, smoke_repo, ok=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "unrecognized arguments" not in out and "/data/VOCdevkit/VOC2012" in out, \
+            out[-3000:]
+        assert (smoke_repo / "models/classifier/model.pt").is_file() and _lock_outs(smoke_repo) == before
+        _run(["git", "checkout", "params.yaml"], smoke_repo)
+
+
+@pytest.fixture(scope="module")
+def external_repo(tmp_path_factory):
+    """A scratch project whose dataset root is outside the repository (the toy set, moved there)."""
+    base = tmp_path_factory.mktemp("external")
+    repo = _scratch_project(base)
+    _run([str(BIN / "python"), "-m", "stages.generate_toy"], repo)
+    root = base / "VOCdevkit" / "VOC2012"
+    shutil.move(repo / "data/toyvoc/VOCdevkit", base / "VOCdevkit")
+    _edit_params(repo, "dataset", "root", str(root))
+    _dvc("repro", "prepare", cwd=repo)
+    return repo, root
+
+
+def test_files_changed_under_an_external_root_are_seen(external_repo):
+    repo, root = external_repo
+    assert not _changed(repo) & {"check", "prepare"}
+    summary = (repo / "data/prepared/summary.json").read_text()
+    image = root / "JPEGImages" / "train_00003.jpg"
+    saved = image.read_bytes()
+    image.unlink()
+    assert {"check", "prepare"} <= _changed(repo)
+    r = _dvc("repro", "prepare", cwd=repo, ok=False)
+    assert r.returncode != 0 and "train_00003.jpg" in r.stdout + r.stderr
+    assert (repo / "data/prepared/summary.json").read_text() == summary  # stopped before prepare ran
+    image.write_bytes(saved)
+    mask = root / "SegmentationClass" / "train_00003.png"
+    from pipeline.io import read_label_png, write_label_png
+
+    label = read_label_png(mask)
+    label[label == 255] = 0  # "fix" the mask in place
+    write_label_png(mask, label)
+    assert "prepare" in _changed(repo)
+    _dvc("repro", "prepare", cwd=repo)
+    assert (repo / "data/prepared/summary.json").read_text() != summary
+
+
+def test_replaced_weights_at_the_same_path_are_seen(external_repo):
+    repo, _ = external_repo
+    make = ("import sys, torch; from pipeline.config import Seg; from pipeline.models.segmenter import "
+            "build_segmenter; torch.manual_seed(int(sys.argv[1])); "
+            "torch.save(build_segmenter(Seg(), 7).net.encoder.state_dict(), 'weights/r18.pth')")
+    _run([str(BIN / "python"), "-c", make, "1"], repo)
+    _edit_params(repo, "seg", "encoder_weights", "r18.pth")
+    _edit_params(repo, "seg", "epochs", 1)
+    _dvc("repro", "train_seg_gt", cwd=repo)
+    assert "train_seg_gt" not in _changed(repo)
+    _run([str(BIN / "python"), "-c", make, "2"], repo)
+    status = json.loads(_dvc("status", "--json", "train_seg_gt", cwd=repo).stdout)
+    changed_deps = [e["changed deps"] for e in status["train_seg_gt"] if isinstance(e, dict) and "changed deps" in e]
+    assert changed_deps == [{"weights/r18.pth": "modified"}], status
 
 
 def test_compare_reads_the_run_from_dvc(smoke_repo):

@@ -36,17 +36,25 @@ def _voc_tree(base: Path) -> Path:
 
 
 def _leftovers(base: Path) -> list[str]:
-    return sorted(p.name for p in (base / "data").iterdir() if p.name != "prepared")
+    return sorted(p.name for p in (base / "data").iterdir() if p.name not in ("prepared", "toyvoc"))
+
+
+def _toy(params):
+    """Stage generate_toy then stage prepare, as the DAG runs them."""
+    from stages.generate_toy import run as generate
+
+    generate(params)
+    return run(params)
 
 
 def test_toy_manifest_matches_the_generated_masks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run(_params(toy=TOY))
+    _toy(_params(toy=TOY))
     m = load_manifest("data/prepared/manifest.json")
     assert m.dataset == "toyvoc" and list(m.class_names) == toy_class_names(4)
     assert [len(m.split("train")), len(m.split("val"))] == [6, 3]
     for s in m.split("train") + m.split("val"):
-        assert s.image.startswith("data/prepared/toyvoc/VOCdevkit/VOC2012/JPEGImages/")
+        assert s.image.startswith("data/toyvoc/VOCdevkit/VOC2012/JPEGImages/")
         assert Path(s.image).is_file()
         assert list(s.labels) == labels_from_mask(read_label_png(s.mask), 4) and s.labels
     summary = json.loads(Path("data/prepared/summary.json").read_text())
@@ -56,13 +64,26 @@ def test_toy_manifest_matches_the_generated_masks(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
-def test_max_images_keeps_the_first_n_and_generates_no_more(tmp_path, monkeypatch):
+def test_max_images_keeps_the_first_n(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run(_params(toy=TOY, max_images=2))
+    _toy(_params(toy=TOY, max_images=2))
     m = load_manifest("data/prepared/manifest.json")
     assert [s.id for s in m.split("train")] == ["train_00000", "train_00001"]
     assert [s.id for s in m.split("val")] == ["val_00000", "val_00001"]
-    assert len(list(Path("data/prepared/toyvoc").rglob("*.jpg"))) == 4
+
+
+def test_a_file_fixed_in_place_changes_the_prepared_output(tmp_path, monkeypatch):
+    """Same paths, same labels, other bytes: summary.json's content hash still changes, so DVC sees a new
+    data/prepared and every later stage (and resume tag) sees new data."""
+    root = _voc_tree(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    run(_params(name="voc", root=str(root)))
+    manifest, summary = (Path("data/prepared") / n for n in ("manifest.json", "summary.json"))
+    before = manifest.read_bytes(), summary.read_bytes()
+    write_rgb(root / "JPEGImages" / "a.jpg", np.full((12, 16, 3), 99, np.uint8))
+    run(_params(name="voc", root=str(root)))
+    assert manifest.read_bytes() == before[0]
+    assert summary.read_bytes() != before[1]
 
 
 def test_voc_references_files_in_place(tmp_path, monkeypatch):
@@ -93,7 +114,7 @@ def test_failing_run_leaves_the_earlier_output_untouched(tmp_path, monkeypatch):
 
 def test_parameter_errors_name_the_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="dataset.root: required for dataset.name: coco"):
+    with pytest.raises(ConfigError, match="dataset.root: set it for dataset.name: coco"):
         run(_params(name="coco"))
     with pytest.raises(ConfigError, match="dataset.train_split: 'train_aug' is not a split of toyvoc"):
         run(_params(toy=TOY, train_split="train_aug"))

@@ -202,6 +202,7 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
         dirs[name] = d
     monkeypatch.chdir(dirs["straight"])
     stage.run(params)
+    assert not (dirs["straight"] / stage.CHECKPOINT).exists()  # finished: `dvc repro -f` trains anew
     monkeypatch.chdir(dirs["resumed"])
     stage.run(params, stop_after=1)
     assert not (dirs["resumed"] / stage.MODEL).exists()  # interrupted: no final model yet
@@ -219,10 +220,23 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
     assert len(rows) == 3
     assert isinstance(load_classifier(dirs["resumed"] / stage.MODEL), torch.nn.Module)
 
-    # a checkpoint made with other training params is not resumed
+    assert "train_seconds" not in metrics and (dirs["resumed"] / "reports/timing/train_cls.json").is_file()
+
+    # a checkpoint made with other training params, code or data is not resumed
+    monkeypatch.chdir(dirs["straight"])
+    stage.run(params, stop_after=1)
     changed = tiny_params(train_cls={"lr": 2.0e-3})
     assert stage.load_checkpoint(stage.CHECKPOINT, stage.training_hash(changed)) is None
-    assert "other parameters" in capsys.readouterr().err
-    assert stage.load_checkpoint(stage.CHECKPOINT, stage.training_hash(params)) is not None
+    assert "other params, code" in capsys.readouterr().err
+    tag = stage.training_hash(params)
+    assert stage.load_checkpoint(stage.CHECKPOINT, tag) is not None
+    prepared = dirs["straight"] / "data/prepared/summary.json"
+    prepared.write_text('{"content_sha256": "other image bytes"}')
+    assert stage.training_hash(params) != tag
+    prepared.unlink()
+    assert stage.training_hash(params) == tag
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
+        assert stage.training_hash(params) != tag
     # and params that do not shape training (post-processing) keep the tag
     assert stage.training_hash(params) == stage.training_hash(parse_params({**TINY, "crf": {"iterations": 3}}))

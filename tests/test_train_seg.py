@@ -164,20 +164,43 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
                                     "runtime": {"device": "cpu"}})
     stage.run(params)
     metrics = json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())
-    assert metrics["epochs"] == 1 and metrics["train_images"] == 6 and metrics["resumed_from_epoch"] == 0
+    assert metrics["epochs"] == 1 and metrics["train_images"] == 6
+    assert "resumed_from_epoch" not in metrics and "train_seconds" not in metrics  # not DVC outputs: they vary
+    assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 0
     assert (tmp_path / "models/segmenter/model.pt").is_file()
-    assert (tmp_path / "models/segmenter_ckpt/last.pt").is_file()
+    assert not (tmp_path / "models/segmenter_ckpt/last.pt").exists()  # finished: a forced rerun trains anew
     assert (tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").is_file()
-    stage.run(params)  # same params and labels: resumes after the finished epoch, trains nothing
+    first = (tmp_path / "models/segmenter/model.pt").read_bytes()
+    stage.run(params)  # dvc repro -f: trains again, and the same run gives the same bytes
+    assert "resuming" not in capsys.readouterr().out
+    assert (tmp_path / "models/segmenter/model.pt").read_bytes() == first
+
+    two = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 2},
+                                 "runtime": {"device": "cpu"}})
+    real_save = stage.save_checkpoint
+
+    def killed_after_first_checkpoint(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "save_checkpoint", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(two)
+    monkeypatch.setattr(stage, "save_checkpoint", real_save)
+    stage.run(two)  # the same inputs: resumes after the interrupted run's first epoch
     assert "resuming" in capsys.readouterr().out
-    assert json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())["resumed_from_epoch"] == 1
+    assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 1
     # the curves are replayed from the checkpoint, not appended twice
-    assert len((tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").read_text().splitlines()) == 2
-    other = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1,
-                                           "lr": 0.02}, "runtime": {"device": "cpu"}})
-    stage.run(other)  # a checkpoint made with other params is not resumed
-    assert "other params" in capsys.readouterr().out
-    assert json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())["resumed_from_epoch"] == 0
+    assert len((tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").read_text().splitlines()) == 3
+
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(stage, "save_checkpoint", killed_after_first_checkpoint)
+        stage.run(two)
+    monkeypatch.setattr(stage, "save_checkpoint", real_save)
+    monkeypatch.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
+    stage.run(two)  # the code changed since the checkpoint: trains from scratch
+    assert "other params, code" in capsys.readouterr().out
+    assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 0
     (tmp_path / "data/pseudo/train_0.png").unlink()
     with pytest.raises(Exception, match="pseudo label not found"):
         stage.run(params)
@@ -195,6 +218,8 @@ def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatc
     assert (tmp_path / "models/segmenter_gt/SKIPPED.txt").is_file()
     assert not (tmp_path / "models/segmenter_gt/model.pt").exists()
     assert json.loads((tmp_path / "reports/train_seg_gt/metrics.json").read_text()) == {"skipped": True}
+    # the plots folder dvc.yaml declares exists (DVC fails a stage whose declared output is missing)
+    assert (tmp_path / "reports/train_seg_gt/live/plots/metrics/loss.tsv").read_text() == "step\tloss\n"
     evaluate.run(params, upper_bound=True)
     assert json.loads((tmp_path / "reports/evaluate_gt/metrics.json").read_text()) == {"miou": None, "skipped": True}
     assert (tmp_path / "reports/evaluate_gt/figures").is_dir()

@@ -50,7 +50,9 @@ def resolve_voc_root(root: str | Path) -> Path:
     root = Path(root).expanduser()
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "JPEGImages").is_dir():
-            return cand.resolve()
+            # a root inside the project stays relative, so the manifest is the same in every clone
+            inside = not cand.is_absolute() and ".." not in cand.parts
+            return cand if inside else cand.resolve()
     if not root.exists():
         raise DataError(f"{root}: VOC root not found (dataset.root should point at VOCdevkit/VOC2012)")
     raise DataError(f"{root}: not a VOC 2012 folder (no JPEGImages/ inside; point dataset.root at "
