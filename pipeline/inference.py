@@ -60,7 +60,7 @@ def crf_refine(image: np.ndarray, probs: np.ndarray, crf_kwargs: dict) -> np.nda
     """Dense CRF on network probabilities: image (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32.
 
     ``crf_kwargs``: keyword arguments of :func:`pipeline.postprocess.crf.crf_inference`
-    (``crf_params(params.crf)``).
+    (``crf_params(params.eval.crf)``).
     """
     from pipeline.postprocess.crf import crf_inference
 

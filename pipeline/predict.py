@@ -13,7 +13,7 @@ image ``<stem>.<ext>`` it writes
 
 Options: ``--scales 0.5,1.0,1.5`` multi-scale inference (softmax averaged; default 1.0),
 ``--flip`` adds horizontally flipped passes, ``--crf`` refines with a dense CRF (the default
-``crf`` parameters), ``--device auto|cpu|cuda|cuda:N``. A missing model stops with a message;
+``eval.crf`` kernels, as stage evaluate), ``--device auto|cpu|cuda|cuda:N``. A missing model stops with a message;
 unreadable images are reported and skipped, and the command then exits with status 2.
 """
 
@@ -53,7 +53,7 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
                   flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
     of the images that could not be read (they are skipped)."""
-    from pipeline.config import CRF
+    from pipeline.config import EvalCRF
     from pipeline.device import resolve_device
     from pipeline.inference import crf_refine, image_tensor, predict_probs, to_label
     from pipeline.io import DataError, read_rgb, write_label_png, write_rgb
@@ -66,7 +66,7 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
     if crf:
         from pipeline.postprocess.crf import crf_params
 
-        crf_kwargs = crf_params(CRF())
+        crf_kwargs = crf_params(EvalCRF())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     errors = []

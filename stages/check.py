@@ -2,8 +2,8 @@
 
 DVC deletes a stage's outputs before its command starts, so a stage that only then finds a bad parameter
 or a broken dataset has already lost its previous results. This stage runs first: it depends on every key
-of params.yaml and on ``${dataset.root}``, every other stage depends on its output, and it fails before
-anything downstream is touched. It checks
+of params.yaml and on ``${dataset.root}``, every stage after ``generate_toy`` (which writes the default,
+toy root) depends on its output, and it fails before anything downstream is touched. It checks
 
 - every key of params.yaml (types, ranges, unknown keys: :mod:`pipeline.config`), ``runtime`` included;
 - the dataset root: its layout, the split lists (with a hint for SBD's ``train_aug``), that every listed
@@ -33,6 +33,11 @@ def check_dataset_params(ds: Dataset) -> None:
         what = "VOCdevkit/VOC2012" if ds.name == "voc" else "the COCO folder (images + annotations/)"
         raise ConfigError(f"dataset.root: set it for dataset.name: {ds.name} (the path to {what}); "
                           f"{TOY_ROOT} is the generated toy set")
+    root = Path(ds.root)
+    if ds.root.startswith("~") or (not root.is_absolute() and ".." in root.parts):
+        raise ConfigError(f"dataset.root: {ds.root!r}: give an absolute path (DVC depends on it as written: it "
+                          "does not expand ~, and a relative path leaving the project breaks in the workspaces of "
+                          "dvc exp run --temp / --queue)")
     allowed = {"toyvoc": TOY_SPLITS, "coco": ("train", "val")}.get(ds.name)
     for key in ("train_split", "val_split"):
         value = getattr(ds, key)

@@ -5,7 +5,7 @@ train_cls, aream, par (and dataset, for the checkpoint tag). Writes
 
 - ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
 - ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
-  states, history), tagged with :func:`stages._common.run_tag` of the params, the stage's code, the
+  states, history), tagged with :func:`stages._resume.run_tag` of the params, device type, world size, the stage's code, the
   prepared data and the starting weights. On start a checkpoint with the same tag is resumed (the result
   equals an uninterrupted run); one with another tag is ignored and training starts fresh. A finished run
   deletes it, so ``dvc repro -f`` retrains;
@@ -45,10 +45,12 @@ HASHED_SECTIONS = ("classifier", "train_cls", "aream", "par", "dataset")
 LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch")
 
 
-def training_hash(params: Params) -> str:
-    """Tag of everything that shapes the weights: the params sections, this stage's code, the prepared data
-    and the starting weights (a checkpoint is resumed only under the same tag)."""
-    return run_tag("stages.train_cls", {name: getattr(params, name).model_dump() for name in HASHED_SECTIONS},
+def training_hash(params: Params, device_type: str = "cpu", world_size: int = 1) -> str:
+    """Tag of everything that shapes the weights: the params sections, the device type and the number of
+    processes, this stage's code, the prepared data and the starting weights (a checkpoint is resumed
+    only under the same tag)."""
+    sections = {name: getattr(params, name).model_dump() for name in HASHED_SECTIONS}
+    return run_tag("stages.train_cls", {**sections, "device": device_type, "world": world_size},
                    [MANIFEST, PREPARED / "summary.json", weights_file(params.classifier.pretrained)])
 
 
@@ -135,7 +137,7 @@ def run(params: Params, stop_after: int | None = None) -> None:
     if not train:
         raise DataError(f"{MANIFEST}: the train split is empty")
     dist, device = _distributed(params.runtime.device)
-    tag = training_hash(params)
+    tag = training_hash(params, device.type, dist.world_size)
     resume = load_checkpoint(CHECKPOINT, tag)
     live = LiveLog(resume["history"] if resume else []) if dist.is_main else None
 

@@ -6,8 +6,8 @@ bound; images without a mask are skipped and counted). Trains per the ``seg`` se
 ``pipeline/train_seg.py``) and writes:
 
 - ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
-- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with :func:`stages._common.run_tag`
-  of the ``seg`` and ``dataset`` params, the world size, the stage's code, the prepared data, the bytes of
+- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with :func:`stages._resume.run_tag`
+  of the ``seg`` and ``dataset`` params, the device type, the world size, the stage's code, the prepared data, the bytes of
   the training labels and the starting weights. A rerun with the same tag resumes after the last finished
   epoch (same result as an uninterrupted run); any other checkpoint is ignored and training starts over.
   A finished run deletes it, so ``dvc repro -f`` retrains;
@@ -142,6 +142,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
     cfg = params.seg.model_copy(update={"labels": "gt"}) if upper_bound else params.seg
     out = UPPER_BOUND if upper_bound else WSSS
     if upper_bound and not params.upper_bound.enabled:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process writes the skipped outputs
+            return
         write_text(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model trained\n")
         write_json(out.report / "metrics.json", {"skipped": True})
         write_empty_plots(out.live_dir)
@@ -158,6 +160,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
     device, rank, world = setup_distributed(params.runtime.device)
     seed_everything(cfg.seed)
     tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(), "world": world,
+                                       "device": device.type,
                                        "labels": labels_digest(pairs), "num_classes": num_classes},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
     model = build_segmenter(cfg, num_classes).to(device)
@@ -197,7 +200,9 @@ def run(params: Params, upper_bound: bool = False) -> None:
         final = history[-1]
         metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
                    "train_images": len(pairs), "skipped_images": skipped}
-        save_segmenter(model, out.model, manifest.class_names, extra={"params_hash": tag, "metrics": metrics})
+        # the resume tag (code, data digests) stays out of the model file: a comment edit that leaves the
+        # weights unchanged must leave the bytes, and everything downstream, unchanged too
+        save_segmenter(model, out.model, manifest.class_names, extra={"metrics": metrics})
         write_json(out.report / "metrics.json", metrics)
         write_timing(out.report.name, {"images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
                                        "resumed_from_epoch": resume.epoch if resume else 0,

@@ -52,6 +52,9 @@ def test_dataset_root_errors(tmp_path, monkeypatch):
         run(_params(dataset={"name": "voc", "root": str(tmp_path / "nowhere")}))
     with pytest.raises(ConfigError, match="dataset.root: set it for dataset.name: voc"):
         run(_params(dataset={"name": "voc"}))
+    for root in ("~/VOC2012", "../VOCdevkit/VOC2012"):
+        with pytest.raises(ConfigError, match="dataset.root: .*give an absolute path"):
+            run(_params(dataset={"name": "voc", "root": root}))
     root = _voc(tmp_path / "v")
     (root / "JPEGImages" / "b.jpg").unlink()
     with pytest.raises(DataError, match=r"1 images of split 'train' are missing \(first: .*b\.jpg\)"):
