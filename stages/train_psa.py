@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, Params, params_hash
+from pipeline.config import ConfigError, Params, params_hash, weights_file
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import cpu_count, resolve_device, seed_everything
 from pipeline.io import read_label_png, read_rgb
@@ -116,8 +115,8 @@ def train_affinitynet(images: list[np.ndarray], labels: list[np.ndarray], params
 
 def run(params: Params) -> None:
     cfg = params.psa
-    if cfg.pretrained not in ("none", "timm") and not Path(cfg.pretrained).is_file():
-        raise ConfigError(f"psa.pretrained: weights file {cfg.pretrained!r} not found")
+    if cfg.pretrained not in ("none", "timm") and not weights_file(cfg.pretrained).is_file():
+        raise ConfigError(f"psa.pretrained: weights file {weights_file(cfg.pretrained)} not found")
     if math.ceil(cfg.crop_size / cfg.feature_stride) < 2:
         raise ConfigError(f"psa.crop_size: {cfg.crop_size} px is under two feature cells at stride "
                           f"{cfg.feature_stride}: no pixel pairs to learn from")
