@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.aream import affinity_loss  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.models.vit import build_classifier  # noqa: E402
-from pipeline.train_cls import aream_targets, autocast_for, build_optimizer, classification_loss  # noqa: E402
+from pipeline.train_cls import aream_targets, build_optimizer, classification_loss  # noqa: E402
+from pipeline.training import amp  # noqa: E402
 
 
 def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int = 0):
@@ -66,7 +67,7 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
     torch.manual_seed(0)
     model = build_classifier(c, num_classes).to(device).train()
     opt = build_optimizer(model, params)
-    autocast, scaler = autocast_for(device, t.amp)
+    autocast, scaler = amp(device, t.amp)
     images, targets = _batch(t.batch_size, c.img_size, num_classes, device)
     times = {False: [], True: []}
     peak = {}

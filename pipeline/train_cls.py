@@ -22,6 +22,9 @@ again only if the weights are missing from a resumed checkpoint) the current mod
 averaged over the whole train split (resized to ``img_size``, no augmentation), Eqs. 9-10 turn the mean
 entropies into one (w, w_hat) pair for all images, and they stay fixed for the rest of training.
 
+The epoch loop runs on the shared harness (:mod:`pipeline.training`: padded per-process order, DDP,
+mixed precision, RNG states); checkpoint files and curves are the caller's (``stages/train_cls.py``).
+
 Determinism: the shuffle order of epoch e comes from a generator seeded with (seed, e) and every
 sample's augmentation from ``numpy.random.default_rng([seed, e, index])``; checkpoints carry the model,
 optimizer, schedule, AMP scaler, fixed weights, history and the Python / numpy / torch RNG states, so a
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -48,12 +50,13 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.aream import (affinity_labels, affinity_loss, layer_entropy, normalize_cams, reactivated_affinity,
                             reactivation_weights, refine_cams)
 from pipeline.config import Params
+from pipeline.data.manifest import multi_hot
 from pipeline.io import read_rgb
 from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_kwargs, par_refine
-
-IGNORE_INDEX = 255
+from pipeline.training import (Distributed, amp, backward_step, epoch_order, rng_states, set_rng_states, unwrap,
+                               wrap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,10 +122,7 @@ class ClassificationDataset(Dataset):
         return len(self.samples)
 
     def target(self, i: int) -> np.ndarray:
-        out = np.zeros(self.num_classes, np.float32)
-        for k in self.samples[i].labels:
-            out[k - 1] = 1.0
-        return out
+        return multi_hot(self.samples[i].labels, self.num_classes)
 
     def __getitem__(self, i: int):
         sample = self.samples[i]
@@ -318,56 +318,11 @@ def dataset_weights(model: nn.Module, loader: DataLoader, device: torch.device, 
 # ---------------------------------------------------------------------------------------------
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
-def rng_states() -> dict[str, Any]:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled sample order of ``epoch`` (independent of any global RNG)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_items, generator=g).tolist()
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """(autocast context factory, GradScaler or None): bf16 (or fp16 + scaler) on CUDA, nothing on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-
-
-@dataclass
-class Distributed:
-    """World of a ``torchrun`` launch (world_size 1 = a plain process)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 @dataclass
 class Callbacks:
     """What the caller does after each epoch: ``checkpoint(state dict)`` and ``log(epoch, metrics)``
-    (main process only; the state holds live tensors: serialise it before returning); ``progress(iterable, desc, total)`` wraps the step loop (a tqdm bar)."""
+    (main process only; the state holds live tensors: serialise it before returning);
+    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.training.progress`)."""
 
     checkpoint: Callable[[dict], None] = lambda state: None
     log: Callable[[int, dict], None] = lambda epoch, metrics: None
@@ -405,7 +360,7 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
                                       crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=t.seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
     scheduler = build_scheduler(optimizer, params, steps_per_epoch)
-    autocast, scaler = autocast_for(device, t.amp)
+    autocast, scaler = amp(device, t.amp)
     fixed, history, start = None, [], 0
     if resume:
         model.load_state_dict(resume["model"])
@@ -416,9 +371,7 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
         fixed = resume.get("fixed_weights")
         history, start = list(resume.get("history", [])), int(resume["epoch"])
         set_rng_states(resume["rng"])
-    net = model
-    if dist.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap(model, dist, device)
     pin = device.type == "cuda"
     val_loader = DataLoader(ClassificationDataset(val_samples, num_classes, params.classifier.img_size, train=False),
                             batch_size=per_rank_batch, shuffle=False, num_workers=loader_workers, pin_memory=pin)
@@ -433,7 +386,7 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
             loader = DataLoader(plain_train, batch_size=per_rank_batch, num_workers=loader_workers, pin_memory=pin)
             fixed = dataset_weights(net, loader, device, autocast)
         train_set.set_epoch(epoch)
-        order = epoch_order(len(train_set), t.seed, epoch)[dist.rank::dist.world_size]
+        order = epoch_order(len(train_set), t.seed, epoch, dist.rank, dist.world_size)
         loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=order, num_workers=loader_workers,
                             pin_memory=pin)
         net.train()
@@ -455,14 +408,7 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
                 sums["loss_aff"] += float(loss_aff.detach())
                 w_hat_sum = w_hat.sum(0) if w_hat_sum is None else w_hat_sum + w_hat.sum(0)
                 n_aff += 1
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_step(loss, optimizer, scaler)
             scheduler.step()
             sums["loss_cls"] += float(loss_cls.detach())
             n_steps += 1

@@ -11,7 +11,8 @@ The recipe (all knobs in the ``seg`` params section):
   initialisation, the toy default), weight decay; poly learning rate
   ``lr * (1 - i / max_i) ** poly_power`` per iteration; the decoder / classifier runs at
   ``lr * head_lr_mult``;
-- AMP (float16 + gradient scaling) on CUDA; DDP when the model is wrapped by the caller.
+- mixed precision on CUDA; DDP when the caller wrapped the model (the harness, :mod:`pipeline.training`,
+  also gives the padded per-process image order and the batches, a trailing single image dropped).
 
 Randomness is a pure function of (``seed``, epoch, image index): the epoch's image order, each
 image's augmentation and the dropout stream are re-seeded at every epoch start, so a run resumed
@@ -20,7 +21,6 @@ from an end-of-epoch checkpoint reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.config import Seg
 from pipeline.models.segmenter import IMAGENET_MEAN, param_groups
 from pipeline.palette import IGNORE_INDEX
+from pipeline.training import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
+from pipeline.training import progress as progress_bar
 
 MEAN_RGB = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
 
@@ -117,23 +118,6 @@ class SegTrainSet(torch.utils.data.Dataset):
         return torch.from_numpy(img), torch.from_numpy(lab)
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
-    """This process's image indices for ``epoch``: a seeded permutation, padded (by wrapping) to a
-    multiple of ``world`` and strided by ``rank``, so every process gets the same count."""
-    perm = np.random.default_rng([seed, epoch, 7919]).permutation(n)
-    total = math.ceil(n / world) * world
-    perm = np.concatenate([perm, perm[: total - n]]) if total > n else perm
-    return perm[rank::world].tolist()
-
-
-def batches(order: list[int], batch_size: int) -> list[list[int]]:
-    """Consecutive batches; a trailing batch of one image is dropped (BatchNorm needs two)."""
-    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(out) > 1 and len(out[-1]) == 1:
-        out.pop()
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # loss and schedule
 # ----------------------------------------------------------------------------------------------
@@ -192,69 +176,63 @@ def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tens
 
 
 def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: torch.device, *,
-                    rank: int = 0, world: int = 1, loader_workers: int = 0, resume: TrainState | None = None,
+                    dist: Distributed = Distributed(), loader_workers: int = 0, resume: TrainState | None = None,
                     on_epoch: Callable[[int, dict, TrainState], None] | None = None,
                     progress: bool = True) -> list[dict]:
-    """Train ``model`` (already on ``device``; DDP-wrapped when ``world`` > 1) for ``cfg.epochs``.
+    """Train ``model`` (already on ``device``; wrapped by :func:`pipeline.training.wrap` under DDP) for
+    ``cfg.epochs``.
 
     ``resume``: a :class:`TrainState` from an earlier ``on_epoch`` call; training continues at its
     epoch. ``on_epoch(epoch, metrics, state)`` runs after every epoch (1-based ``epoch``) on every
-    rank; the caller writes checkpoints / logs on rank 0. Returns the per-epoch metrics
-    ({"epoch", "loss", "pixel_acc", "lr", "images_per_s"}), averaged over ranks.
+    process; the caller writes checkpoints / logs on the main one. Returns the per-epoch metrics
+    ({"epoch", "loss", "pixel_acc", "lr", "images_per_s"}), summed over processes.
     """
-    per_rank = max(2, cfg.batch_size // world)
+    per_rank = max(2, cfg.batch_size // dist.world_size)
     optimizer = make_optimizer(model, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    steps = len(batches(epoch_order(len(dataset), cfg.seed, 0, rank, world), per_rank))
+    autocast, scaler = amp(device, cfg.amp)
+    order0 = epoch_order(len(dataset), cfg.seed, 0, dist.rank, dist.world_size)
+    steps = len(batches(order0, per_rank, drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
     max_it = steps * cfg.epochs
     start, history = 0, []
     if resume is not None:
-        model_to_load = model.module if hasattr(model, "module") else model
-        model_to_load.load_state_dict(resume.model)
+        unwrap(model).load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
-        scaler.load_state_dict(resume.scaler)
+        if scaler is not None and resume.scaler:
+            scaler.load_state_dict(resume.scaler)
         start, history = resume.epoch, list(resume.history)
     for epoch in range(start, cfg.epochs):
         model.train()
         dataset.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout stream of this epoch
-        order = epoch_order(len(dataset), cfg.seed, epoch, rank, world)
+        order = epoch_order(len(dataset), cfg.seed, epoch, dist.rank, dist.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches(order, per_rank), num_workers=loader_workers, collate_fn=_collate,
-            pin_memory=device.type == "cuda")
+            dataset, batch_sampler=batches(order, per_rank, drop_single=True), num_workers=loader_workers,
+            collate_fn=_collate, pin_memory=device.type == "cuda")
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct px, labelled px, images
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"seg epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or rank != 0)
-        for step, (x, y) in enumerate(bar):
-            lr = set_lr(optimizer, epoch * steps + step, max_it, cfg.poly_power)
+        steps_done = progress_bar(loader, f"seg epoch {epoch + 1}/{cfg.epochs}", len(loader),
+                                  progress and dist.is_main)
+        for step, (x, y) in enumerate(steps_done):
+            set_lr(optimizer, epoch * steps + step, max_it, cfg.poly_power)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with autocast():
                 logits = model(x)
             loss = segmentation_loss(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            backward_step(loss, optimizer, scaler)
             with torch.no_grad():
                 valid = y != IGNORE_INDEX
                 sums += torch.tensor([loss.item() * len(x), float(((logits.argmax(1) == y) & valid).sum()),
                                       float(valid.sum()), len(x)], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         elapsed = time.perf_counter() - t0
-        if world > 1:
-            sums_dev = sums.to(device)
-            torch.distributed.all_reduce(sums_dev)
-            sums = sums_dev.cpu()
+        sums = all_reduce_sum(sums, dist, device)
         metrics = {"epoch": epoch + 1, "loss": float(sums[0] / max(sums[3], 1)),
                    "pixel_acc": float(sums[1] / max(sums[2], 1)), "lr": float(optimizer.param_groups[0]["lr"]),
                    "images_per_s": float(sums[3] / max(elapsed, 1e-9))}
         history.append(metrics)
         if on_epoch is not None:
-            inner = model.module if hasattr(model, "module") else model
-            state = TrainState(epoch + 1, inner.state_dict(), optimizer.state_dict(), scaler.state_dict(),
-                               list(history))
+            state = TrainState(epoch + 1, unwrap(model).state_dict(), optimizer.state_dict(),
+                               scaler.state_dict() if scaler is not None else None, list(history))
             on_epoch(epoch + 1, metrics, state)
     return history

@@ -5,10 +5,11 @@ train_cls, aream, par (and dataset, for the checkpoint tag). Writes
 
 - ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
 - ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
-  states, history), tagged with :func:`stages._resume.run_tag` of the params, device type, world size, the stage's code, the
-  prepared data and the starting weights. On start a checkpoint with the same tag is resumed (the result
-  equals an uninterrupted run); one with another tag is ignored and training starts fresh. A finished run
-  deletes it, so ``dvc repro -f`` retrains;
+  states, history; :class:`pipeline.training.Checkpoint`), tagged with :func:`stages._resume.run_tag` of
+  the params, device type, world size, the stage's code, the prepared data and the starting weights. On
+  start a checkpoint with the same tag is resumed (the result equals an uninterrupted run); one with
+  another tag is ignored and training starts fresh. A finished run deletes it, so ``dvc repro -f``
+  retrains;
 - ``reports/train_cls/live/``: dvclive per-epoch metrics (loss_cls, loss_aff, lr, val mAP, mean w_hat per
   layer) as DVC plots; ``reports/train_cls/metrics.json``: the final values (wall time and throughput go
   to ``reports/timing/train_cls.json``, outside DVC, so the outputs are the same bytes in every run).
@@ -19,19 +20,16 @@ Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
-from pipeline.device import resolve_device
-from pipeline.io import DataError, write_json, write_torch
+from pipeline.io import DataError, write_json
 from pipeline.models.vit import save_classifier
-from pipeline.train_cls import Callbacks, Distributed, train_classifier
+from pipeline.train_cls import Callbacks, train_classifier
+from pipeline.training import Checkpoint, Curves, progress, setup_distributed, teardown
 from stages._common import (CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, PREPARED, REPORTS, stage_main,
                             write_timing)
 from stages._resume import run_tag
@@ -54,25 +52,8 @@ def training_hash(params: Params, device_type: str = "cpu", world_size: int = 1)
                    [MANIFEST, PREPARED / "summary.json", weights_file(params.classifier.pretrained)])
 
 
-def load_checkpoint(path: Path, tag: str) -> dict | None:
-    """The checkpoint at ``path`` if it exists, is readable and carries ``tag``; else None (and say why)."""
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a damaged checkpoint is replaced, not fatal
-        print(f"train_cls: checkpoint {path} unreadable ({err}); starting fresh", file=sys.stderr)
-        return None
-    if not isinstance(ckpt, dict) or ckpt.get("params_hash") != tag:
-        print(f"train_cls: checkpoint {path} was made with other params, code, data or weights; starting fresh",
-              file=sys.stderr)
-        return None
-    print(f"train_cls: resuming from {path} after epoch {ckpt['epoch']}", file=sys.stderr)
-    return ckpt
-
-
-def save_checkpoint(path: Path, state: dict, tag: str) -> None:
-    write_torch(path, {**state, "params_hash": tag})
+def _curve(key: str) -> bool:
+    return key in LOGGED or key.startswith("w_hat_l")
 
 
 def chance_map(samples, num_classes: int) -> float:
@@ -85,50 +66,6 @@ def chance_map(samples, num_classes: int) -> float:
     return float((counts[present] / max(len(samples), 1)).mean()) if present.any() else float("nan")
 
 
-class LiveLog:
-    """dvclive logger that replays the history of a resumed run, so the plots always hold every epoch."""
-
-    def __init__(self, history: list[dict]):
-        from dvclive import Live
-
-        self.live = Live(dir=str(LIVE_DIR), resume=False, dvcyaml=False, save_dvc_exp=False, report=None)
-        for metrics in history:
-            self.log(metrics["epoch"], metrics)
-
-    def log(self, epoch: int, metrics: dict) -> None:
-        for key, value in metrics.items():
-            if key in LOGGED or key.startswith("w_hat_l"):
-                self.live.log_metric(f"train_cls/{key}", float(value))
-        self.live.next_step()
-
-    def end(self) -> None:
-        self.live.end()
-
-
-def _distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(), resolve_device(device_name)
-    import torch.distributed as tdist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=tdist.get_rank(), world_size=tdist.get_world_size()), device
-
-
-def _progress(enabled: bool):
-    from tqdm import tqdm
-
-    def wrap(it, desc="", total=None):
-        return tqdm(it, desc=desc, total=total, leave=False, disable=not enabled, dynamic_ncols=True)
-    return wrap
-
-
 def run(params: Params, stop_after: int | None = None) -> None:
     """Train, checkpoint every epoch, write the model and metrics. ``stop_after`` ends this process after
     that many epochs (as an interruption would; the next run resumes)."""
@@ -136,42 +73,41 @@ def run(params: Params, stop_after: int | None = None) -> None:
     train, val = manifest.split("train"), manifest.split("val")
     if not train:
         raise DataError(f"{MANIFEST}: the train split is empty")
-    dist, device = _distributed(params.runtime.device)
-    tag = training_hash(params, device.type, dist.world_size)
-    resume = load_checkpoint(CHECKPOINT, tag)
-    live = LiveLog(resume["history"] if resume else []) if dist.is_main else None
+    dist, device = setup_distributed(params.runtime.device)
+    checkpoint = Checkpoint(CHECKPOINT, training_hash(params, device.type, dist.world_size), "train_cls", dist)
+    resume = checkpoint.load()
+    curves = Curves(LIVE_DIR, _curve, resume["history"] if resume else [], "train_cls/") if dist.is_main else None
 
     def on_epoch(epoch: int, metrics: dict) -> None:
-        live.log(epoch, metrics)
+        curves.log(metrics)
         line = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                          if isinstance(v, float) and (k in LOGGED or k == "seconds"))
         print(f"train_cls: epoch {epoch}/{params.train_cls.epochs}: {line}", file=sys.stderr)
 
-    callbacks = Callbacks(checkpoint=lambda state: save_checkpoint(CHECKPOINT, state, tag), log=on_epoch,
-                          progress=_progress(dist.is_main))
+    callbacks = Callbacks(checkpoint=checkpoint.save, log=on_epoch,
+                          progress=lambda it, desc="", total=None: progress(it, desc, total, dist.is_main))
     try:
         result = train_classifier(params, train, val, manifest.num_classes, device, resume=resume,
                                   callbacks=callbacks, stop_after=stop_after,
                                   loader_workers=params.runtime.loader_workers, dist=dist)
     finally:
-        if live is not None:
-            live.end()
-        if dist.world_size > 1:
-            torch.distributed.destroy_process_group()
+        if curves is not None:
+            curves.end()
+    teardown(dist)
     if not result.finished or not dist.is_main:
         return
     save_classifier(result.model, MODEL)
     last = result.history[-1] if result.history else {}
     seconds = sum(h.get("seconds", 0.0) for h in result.history)
     images = sum(h.get("images_per_second", 0.0) * h.get("seconds", 0.0) for h in result.history)
-    metrics = {k: v for k, v in last.items() if k in LOGGED or k.startswith("w_hat_l")}
+    metrics = {k: v for k, v in last.items() if _curve(k)}
     metrics.update({"epochs": len(result.history), "chance_map": chance_map(val, manifest.num_classes),
                     "best_val_map": max((h.get("val_map", float("nan")) for h in result.history), default=None),
                     "aream": params.aream.enabled, "device": device.type})
     write_json(METRICS, metrics)
     write_timing("train_cls", {"train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
                                "resumed_from_epoch": resume["epoch"] if resume else 0})
-    CHECKPOINT.unlink(missing_ok=True)  # a finished run leaves no checkpoint: a forced rerun trains anew
+    checkpoint.finish()  # a finished run leaves no checkpoint: a forced rerun trains anew
     print(f"train_cls: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
           f"model written to {MODEL}", file=sys.stderr)
 

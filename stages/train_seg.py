@@ -6,9 +6,10 @@ bound; images without a mask are skipped and counted). Trains per the ``seg`` se
 ``pipeline/train_seg.py``) and writes:
 
 - ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
-- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint tagged with :func:`stages._resume.run_tag`
-  of the ``seg`` and ``dataset`` params, the device type, the world size, the stage's code, the prepared data, the bytes of
-  the training labels and the starting weights. A rerun with the same tag resumes after the last finished
+- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint (:class:`pipeline.training.Checkpoint`)
+  tagged with :func:`stages._resume.run_tag` of the ``seg`` and ``dataset`` params, the device type, the
+  world size, the stage's code, the prepared data, the bytes of the training labels and the starting
+  weights. A rerun with the same tag resumes after the last finished
   epoch (same result as an uninterrupted run); any other checkpoint is ignored and training starts over.
   A finished run deletes it, so ``dvc repro -f`` retrains;
 - ``reports/train_seg/metrics.json`` and per-epoch dvclive curves in ``reports/train_seg/live`` (wall
@@ -33,18 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
-from pipeline.device import resolve_device, seed_everything
-from pipeline.io import DataError, read_label_png, read_rgb, write_json, write_text, write_torch
+from pipeline.device import seed_everything
+from pipeline.io import DataError, read_label_png, read_rgb, write_json, write_text
 from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.train_seg import SegTrainSet, TrainState, train_segmenter
+from pipeline.training import Checkpoint, Curves, setup_distributed, teardown, wrap
 from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
                             SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_timing)
 from stages._resume import run_tag
-
 
 LIVE_KEYS = ("loss", "pixel_acc", "lr")  # per-epoch curves (throughput varies run to run: reports/timing/)
 
@@ -101,43 +101,6 @@ def labels_digest(pairs: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def setup_distributed(device_name: str) -> tuple[torch.device, int, int]:
-    """(device, rank, world size); initialises torch.distributed under torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return resolve_device(device_name), 0, 1
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and device_name != "cpu":
-        torch.cuda.set_device(local)
-        device, backend = torch.device("cuda", local), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    torch.distributed.init_process_group(backend)
-    return device, rank, world
-
-
-def load_checkpoint(path: Path, expected_hash: str, verbose: bool = True) -> TrainState | None:
-    """The checkpoint's state when it was made with ``expected_hash``, else None (with a note)."""
-    if not path.is_file():
-        return None
-    say = print if verbose else (lambda *a, **k: None)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        tag, state = ckpt["params_hash"], TrainState(**ckpt["state"])
-    except Exception as err:  # noqa: BLE001 - a damaged checkpoint only costs a restart
-        say(f"ignoring unreadable checkpoint {path} ({type(err).__name__}); training from scratch", flush=True)
-        return None
-    if tag != expected_hash:
-        say(f"checkpoint {path} was made with other params, code, data or weights; training from scratch", flush=True)
-        return None
-    say(f"resuming from {path} after epoch {state.epoch}", flush=True)
-    return state
-
-
-def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
-    write_torch(path, {"params_hash": tag, "state": vars(state)})
-
-
 def run(params: Params, upper_bound: bool = False) -> None:
     cfg = params.seg.model_copy(update={"labels": "gt"}) if upper_bound else params.seg
     out = UPPER_BOUND if upper_bound else WSSS
@@ -157,46 +120,41 @@ def run(params: Params, upper_bound: bool = False) -> None:
     if len(pairs) < 2:
         raise DataError(f"{MANIFEST}: {len(pairs)} usable train images for seg.labels={cfg.labels}; need at least 2")
 
-    device, rank, world = setup_distributed(params.runtime.device)
+    dist, device = setup_distributed(params.runtime.device)
     seed_everything(cfg.seed)
-    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(), "world": world,
-                                       "device": device.type,
+    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(),
+                                       "world": dist.world_size, "device": device.type,
                                        "labels": labels_digest(pairs), "num_classes": num_classes},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
     model = build_segmenter(cfg, num_classes).to(device)
-    net: torch.nn.Module = model
-    if world > 1:
-        if device.type == "cuda":
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    resume = load_checkpoint(out.ckpt, tag, verbose=rank == 0)
+    net = wrap(model, dist, device, sync_bn=True)
+    checkpoint = Checkpoint(out.ckpt, tag, out.report.name, dist)
+    saved = checkpoint.load()
+    resume = TrainState(**saved) if saved else None
     dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
-    if rank == 0:
+    if dist.is_main:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "
-              f"classes, {cfg.epochs} epochs, device {device}" + (f" x{world}" if world > 1 else ""), flush=True)
-
-    live = None
-    if rank == 0:
-        from dvclive import Live
-
-        live = Live(dir=str(out.live_dir), dvcyaml=False, save_dvc_exp=False)
-        for m in resume.history if resume else []:  # replay, so the curves cover the whole run
-            _log(live, m)
+              f"classes, {cfg.epochs} epochs, device {device}"
+              + (f" x{dist.world_size}" if dist.world_size > 1 else ""), flush=True)
+    curves = Curves(out.live_dir, LIVE_KEYS.__contains__, resume.history if resume else []) if dist.is_main else None
 
     def on_epoch(epoch: int, metrics: dict, state: TrainState) -> None:
-        if rank != 0:
+        if not dist.is_main:
             return
-        save_checkpoint(out.ckpt, state, tag)
-        _log(live, metrics)
+        checkpoint.save(vars(state))
+        curves.log(metrics)
         print(f"epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f} pixel acc {metrics['pixel_acc']:.3f} "
               f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s", flush=True)
 
     start = time.perf_counter()
-    history = train_segmenter(net, dataset, cfg, device, rank=rank, world=world,
-                              loader_workers=params.runtime.loader_workers, resume=resume, on_epoch=on_epoch)
+    try:
+        history = train_segmenter(net, dataset, cfg, device, dist=dist, loader_workers=params.runtime.loader_workers,
+                                  resume=resume, on_epoch=on_epoch)
+    finally:
+        if curves is not None:
+            curves.end()
     elapsed = time.perf_counter() - start
-    if rank == 0:
+    if dist.is_main:
         final = history[-1]
         metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
                    "train_images": len(pairs), "skipped_images": skipped}
@@ -207,13 +165,10 @@ def run(params: Params, upper_bound: bool = False) -> None:
         write_timing(out.report.name, {"images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
                                        "resumed_from_epoch": resume.epoch if resume else 0,
                                        "train_seconds": round(elapsed, 1)})
-        out.ckpt.unlink(missing_ok=True)  # a finished run leaves no checkpoint: a forced rerun trains anew
-        live.end()
+        checkpoint.finish()  # a finished run leaves no checkpoint: a forced rerun trains anew
         print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
               f"{cfg.labels} labels; model -> {out.model}", flush=True)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    teardown(dist)
 
 
 def write_empty_plots(live_dir: Path) -> None:
@@ -223,12 +178,6 @@ def write_empty_plots(live_dir: Path) -> None:
     with atomic_dir(live_dir / "plots" / "metrics") as tmp:
         for key in LIVE_KEYS:  # a header and no points: a valid, empty DVC plot
             (tmp / f"{key}.tsv").write_text(f"step\t{key}\n")
-
-
-def _log(live, metrics: dict) -> None:
-    for key in LIVE_KEYS:
-        live.log_metric(key, metrics[key])
-    live.next_step()
 
 
 if __name__ == "__main__":

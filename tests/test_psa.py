@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.affinitynet import (AffinityNet, affinity_loss, affinity_matrix, load_affinitynet,
+from pipeline.models.affinitynet import (AffinityNet, pair_affinity_loss, affinity_matrix, load_affinitynet,
                                          pair_affinities, pair_labels, radius_offsets, save_affinitynet)
 from pipeline.postprocess.psa import (confident_labels, downsample_labels, random_crop, random_walk, transition_matrix,
                                       walk_inputs, walk_scores)
@@ -77,7 +77,7 @@ def test_affinity_loss_balances_the_three_terms():
     bg = torch.tensor([[True, True, False, False]])
     fg = torch.tensor([[False, False, True, False]])
     neg = torch.tensor([[False, False, False, True]])
-    out = affinity_loss(aff, bg, fg, neg, eps=0.0)
+    out = pair_affinity_loss(aff, bg, fg, neg, eps=0.0)
     assert out["bg_loss"].item() == pytest.approx(-np.log(0.5) / 2)  # mean of -log 0.5 and -log 1
     assert out["fg_loss"].item() == pytest.approx(-np.log(0.25))
     assert out["neg_loss"].item() == pytest.approx(-np.log(0.5))
@@ -196,7 +196,7 @@ def test_affinitynet_training_steps_reduce_the_loss(one_thread):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss = affinity_loss(pair_affinities(net(x), offs), *masks)["loss"]
+        loss = pair_affinity_loss(pair_affinities(net(x), offs), *masks)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import parse_params
+from pipeline.training import Checkpoint
 from pipeline.models.vit import ClassifierOutput, build_classifier, load_classifier
 from pipeline.train_cls import (ClassificationDataset, aream_targets, average_precision, build_optimizer,
                                 classification_loss, epoch_order, labels_to_grid, lr_factor, mean_average_precision,
@@ -206,7 +207,7 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
     monkeypatch.chdir(dirs["resumed"])
     stage.run(params, stop_after=1)
     assert not (dirs["resumed"] / stage.MODEL).exists()  # interrupted: no final model yet
-    assert torch.load(stage.CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert torch.load(stage.CHECKPOINT, weights_only=False)["state"]["epoch"] == 1
     capsys.readouterr()
     stage.run(params)
     assert "resuming" in capsys.readouterr().err
@@ -226,10 +227,11 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
     monkeypatch.chdir(dirs["straight"])
     stage.run(params, stop_after=1)
     changed = tiny_params(train_cls={"lr": 2.0e-3})
-    assert stage.load_checkpoint(stage.CHECKPOINT, stage.training_hash(changed)) is None
+    assert Checkpoint(stage.CHECKPOINT, stage.training_hash(changed), "train_cls").load() is None
     assert "other params, code" in capsys.readouterr().err
     tag = stage.training_hash(params)
-    assert stage.load_checkpoint(stage.CHECKPOINT, tag) is not None
+    assert Checkpoint(stage.CHECKPOINT, tag, "train_cls").load() is not None
+    assert stage.training_hash(params, world_size=2) != tag and stage.training_hash(params, "cuda") != tag
     prepared = dirs["straight"] / "data/prepared/summary.json"
     prepared.write_text('{"content_sha256": "other image bytes"}')
     assert stage.training_hash(params) != tag

@@ -10,8 +10,7 @@ import torch
 
 from pipeline.config import Seg, load_params
 from pipeline.models.segmenter import build_segmenter
-from pipeline.train_seg import (MEAN_RGB, SegTrainSet, TrainState, augment, batches, epoch_order, poly_lr,
-                                segmentation_loss, train_segmenter)
+from pipeline.train_seg import MEAN_RGB, SegTrainSet, TrainState, augment, poly_lr, segmentation_loss, train_segmenter
 
 torch.set_num_threads(1)
 COLOURS = np.array([[40, 40, 40], [230, 30, 30], [30, 230, 30], [30, 30, 230]], np.uint8)
@@ -82,15 +81,6 @@ def test_augment_is_a_function_of_the_generator():
     assert not np.array_equal(a[0], c[0])
 
 
-def test_epoch_order_shards_evenly_and_batches_drop_a_single_tail():
-    shards = [epoch_order(10, 0, 1, rank=r, world=3) for r in range(3)]
-    assert [len(s) for s in shards] == [4, 4, 4]
-    assert set(sum(shards, [])) == set(range(10))
-    assert epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
-    assert [len(b) for b in batches(list(range(9)), 4)] == [4, 4]  # a BatchNorm batch of one is dropped
-    assert [len(b) for b in batches(list(range(10)), 4)] == [4, 4, 2]
-
-
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.02), ("adamw", 5e-3)])
 def test_training_lowers_the_loss(optimizer, lr):
     torch.manual_seed(0)
@@ -157,6 +147,7 @@ def _write_toy_project(root, n_train=6, n_val=3, size=32):
 
 def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     import stages.train_seg as stage
+    from pipeline.training import Checkpoint
 
     _write_toy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -172,34 +163,34 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").is_file()
     first = (tmp_path / "models/segmenter/model.pt").read_bytes()
     stage.run(params)  # dvc repro -f: trains again, and the same run gives the same bytes
-    assert "resuming" not in capsys.readouterr().out
+    assert "resuming" not in capsys.readouterr().err
     assert (tmp_path / "models/segmenter/model.pt").read_bytes() == first
 
     two = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 2},
                                  "runtime": {"device": "cpu"}})
-    real_save = stage.save_checkpoint
+    real_save = Checkpoint.save
 
     def killed_after_first_checkpoint(*args):
         real_save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stage, "save_checkpoint", killed_after_first_checkpoint)
+    monkeypatch.setattr(Checkpoint, "save", killed_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         stage.run(two)
-    monkeypatch.setattr(stage, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     stage.run(two)  # the same inputs: resumes after the interrupted run's first epoch
-    assert "resuming" in capsys.readouterr().out
+    assert "resuming" in capsys.readouterr().err
     assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 1
     # the curves are replayed from the checkpoint, not appended twice
     assert len((tmp_path / "reports/train_seg/live/plots/metrics/loss.tsv").read_text().splitlines()) == 3
 
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(stage, "save_checkpoint", killed_after_first_checkpoint)
+        monkeypatch.setattr(Checkpoint, "save", killed_after_first_checkpoint)
         stage.run(two)
-    monkeypatch.setattr(stage, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     monkeypatch.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
     stage.run(two)  # the code changed since the checkpoint: trains from scratch
-    assert "other params, code" in capsys.readouterr().out
+    assert "other params, code" in capsys.readouterr().err
     assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 0
     (tmp_path / "data/pseudo/train_0.png").unlink()
     with pytest.raises(Exception, match="pseudo label not found"):

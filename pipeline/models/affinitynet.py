@@ -87,7 +87,7 @@ def pair_labels(label: torch.Tensor, offsets: list[tuple[int, int]], ignore_inde
     return torch.cat(bg, 1), torch.cat(fg, 1), torch.cat(neg, 1)
 
 
-def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
+def pair_affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
                   eps: float = 1e-5) -> dict[str, torch.Tensor]:
     """PSA's balanced cross-entropy on pair affinities: loss = bg/4 + fg/4 + neg/2.
 

@@ -1,0 +1,100 @@
+"""Training AffinityNet (PSA, CVPR 2018) on the confident regions of CRF-refined CAMs.
+
+The network learns, on random crops, affinity 1 for pairs of feature cells within ``psa.radius`` that
+share a confident label and 0 for pairs with different labels; the loss is PSA's balanced
+bg/4 + fg/4 + neg/2 (:func:`pipeline.models.affinitynet.pair_affinity_loss`). AdamW with a poly schedule
+per step; mixed precision on CUDA. The loop runs on the shared harness (:mod:`pipeline.training`): a
+padded per-process order for DDP and end-of-epoch states for resuming.
+
+Randomness is a function of (``psa.seed``, epoch, image index): the epoch's order comes from
+:func:`pipeline.training.epoch_order` and each image's crop from ``default_rng([seed, epoch, index])``,
+so a resumed run equals an uninterrupted one and the crops do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.config import PSA
+from pipeline.device import seed_everything
+from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_labels,
+                                         radius_offsets)
+from pipeline.postprocess.psa import downsample_labels, random_crop
+from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap,
+                               wrap)
+from pipeline.training import progress as progress_bar
+
+SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
+
+
+def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], idx: Sequence[int], crop: int,
+               stride: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, crop, crop) float in [0, 1] and (B, ceil(crop/stride), ...) int64 cell labels; image i's
+    crop and flip come from ``default_rng([seed, epoch, i])``."""
+    pairs = [random_crop(np.random.default_rng([seed, epoch, i]), images[i], labels[i], crop) for i in idx]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(downsample_labels(np.stack([p[1] for p in pairs]), stride).astype(np.int64))
+    return x, y
+
+
+def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: PSA, device: torch.device,
+                      *, dist: Distributed = Distributed(), resume: dict | None = None,
+                      on_epoch: Callable[[int, dict, dict], None] | None = None,
+                      progress: bool = True) -> tuple[AffinityNet, list[dict]]:
+    """Train on the in-memory images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure).
+
+    ``resume``: a state from an earlier ``on_epoch(epoch, metrics, state)`` call (run after every epoch on
+    every process). Returns the (unwrapped, eval-mode) network and the per-epoch metrics: the mean losses
+    and pairs per image of each kind, averaged over processes, and the learning rate.
+    """
+    seed_everything(cfg.seed)
+    model = AffinityNet(cfg.backbone, cfg.pretrained, cfg.feature_stride, cfg.embed_dim).to(device).train()
+    net = wrap(model, dist, device, sync_bn=True)
+    offsets = radius_offsets(cfg.radius)
+    per_rank = max(2, cfg.batch_size // dist.world_size)
+    steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank,
+                        drop_single=True))
+    if steps == 0:
+        raise ValueError("no training batches: the training set is empty")
+    total = steps * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** 0.9)
+    autocast, scaler = amp(device, cfg.amp)
+    start, history = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        start, history = int(resume["epoch"]), list(resume["history"])
+    for epoch in range(start, cfg.epochs):
+        order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
+        sums = torch.zeros(len(SUMMED) + 1, dtype=torch.float64)  # the SUMMED values, then steps
+        net.train()
+        for idx in progress_bar(batches(order, per_rank, drop_single=True), f"psa epoch {epoch + 1}/{cfg.epochs}",
+                                enabled=progress and dist.is_main):
+            x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, cfg.seed, epoch)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                emb = net(x)
+            aff = pair_affinities(emb.float(), offsets)
+            bg, fg, neg = pair_labels(y, offsets)
+            losses = pair_affinity_loss(aff, bg, fg, neg)
+            backward_step(losses["loss"], opt, scaler)
+            sched.step()
+            values = [losses[k].item() for k in SUMMED[:4]] + [float(m.sum()) / len(idx) for m in (bg, fg, neg)]
+            sums += torch.tensor(values + [1.0], dtype=torch.float64)
+        sums = all_reduce_sum(sums, dist, device)
+        metrics = {"epoch": epoch + 1, **{k: float(v / sums[-1]) for k, v in zip(SUMMED, sums)},
+                   "lr": float(sched.get_last_lr()[0])}
+        history.append(metrics)
+        if on_epoch is not None:
+            state = {"epoch": epoch + 1, "model": unwrap(net).state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "history": list(history)}
+            on_epoch(epoch + 1, metrics, state)
+    return model.eval(), history

@@ -1,0 +1,264 @@
+"""The training harness shared by every network of the DAG (the classifier, AffinityNet, DeepLab).
+
+A trainer brings a model, a loss step and its data; this module brings the rest:
+
+- :func:`setup_distributed` / :func:`teardown`: the process group of a ``torchrun`` launch (NCCL on CUDA,
+  gloo on CPU) and this process's device; :func:`wrap` / :func:`unwrap` for DistributedDataParallel;
+  :func:`all_reduce_sum` for per-epoch statistics;
+- :func:`epoch_order`: the seeded sample order of an epoch, padded by wrapping to a multiple of the
+  number of processes and split by rank, so that every process runs the same number of steps (an
+  uneven split hangs DDP at the last step of the longer process);
+- :func:`amp`: the autocast context and gradient scaler for mixed precision (CUDA only);
+- :func:`rng_states` / :func:`set_rng_states`: the global generators a checkpoint carries;
+- :class:`Checkpoint`: the resume protocol. A checkpoint is saved after every epoch under a tag (see
+  ``stages/_resume.py``: params, code, data and starting weights), loaded only under the same tag, and
+  deleted once the run finished, so ``dvc repro -f`` retrains and a killed run continues bit-identically;
+- :class:`Curves`: per-epoch dvclive curves that replay a resumed run's history, so plots hold every epoch;
+- :func:`progress`: a tqdm bar on a terminal, a line every 30 seconds in a log file or CI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and devices
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """The world of a ``torchrun`` launch (world_size 1 = a plain process)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
+    """(world, device) of this process. Under ``torchrun`` (WORLD_SIZE > 1) the process group is
+    initialised: NCCL with one GPU per local rank, or gloo on the CPU (``runtime.device: cpu`` or no GPU)."""
+    from pipeline.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), resolve_device(device_name)
+    import torch.distributed as tdist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and device_name != "cpu":
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend)
+    return Distributed(rank=tdist.get_rank(), world_size=tdist.get_world_size()), device
+
+
+def teardown(dist: Distributed) -> None:
+    """Wait for every process, then close the process group (no-op in a plain process)."""
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def barrier(dist: Distributed) -> None:
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+def wrap(model: nn.Module, dist: Distributed, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """``model`` for training: DistributedDataParallel over the processes (BatchNorm synchronised across
+    GPUs when ``sync_bn``), or the model itself in a plain process."""
+    if dist.world_size <= 1:
+        return model
+    if sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def all_reduce_sum(values: torch.Tensor, dist: Distributed, device: torch.device) -> torch.Tensor:
+    """``values`` summed over the processes (a copy on the CPU)."""
+    if dist.world_size <= 1:
+        return values.clone()
+    on_device = values.to(device)
+    torch.distributed.all_reduce(on_device)
+    return on_device.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# order, precision, randomness
+# ---------------------------------------------------------------------------------------------
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """This process's sample indices for ``epoch``: a permutation from a generator seeded with
+    (seed, epoch) only (so independent of any global RNG and of the number of processes), padded by
+    wrapping to a multiple of ``world_size`` and taken every ``world_size``-th from ``rank``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_items, generator=g).tolist()
+    total = -(-num_items // world_size) * world_size
+    perm += perm[:total - num_items]
+    return perm[rank::world_size]
+
+
+def batches(order: Sequence[int], batch_size: int, drop_single: bool = False) -> list[list[int]]:
+    """Consecutive batches of ``order``; ``drop_single`` drops a trailing batch of one sample (BatchNorm
+    cannot train on it)."""
+    out = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    if drop_single and len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
+
+
+def amp(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], Any]:
+    """(autocast context factory, GradScaler or None): bf16 (or fp16 with a scaler) on CUDA when
+    ``enabled``; full precision and no scaler on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any = None) -> None:
+    """Zero the gradients, back-propagate ``loss`` (scaled under fp16) and step ``optimizer``."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def rng_states() -> dict[str, Any]:
+    """The Python, numpy and torch (and CUDA) global generator states."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, curves, progress
+# ---------------------------------------------------------------------------------------------
+
+
+class Checkpoint:
+    """The resume checkpoint of one training run, at ``path`` under ``tag``.
+
+    :meth:`load` returns the saved state only when it carries the same tag (else None, saying why);
+    :meth:`save` writes a state dict after an epoch (main process only); :meth:`finish` deletes it once
+    the final model is written."""
+
+    def __init__(self, path: str | Path, tag: str, name: str, dist: Distributed = Distributed()):
+        self.path, self.tag, self.name, self.dist = Path(path), tag, name, dist
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            print(f"{self.name}: {text}", file=sys.stderr, flush=True)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: RNG states
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint only costs a restart
+            self._say(f"checkpoint {self.path} unreadable ({type(err).__name__}); training from scratch")
+            return None
+        if not isinstance(saved, dict) or saved.get("tag") != self.tag or "state" not in saved:
+            self._say(f"checkpoint {self.path} was made with other params, code, data or weights; "
+                      "training from scratch")
+            return None
+        self._say(f"resuming from {self.path} after epoch {saved['state']['epoch']}")
+        return saved["state"]
+
+    def save(self, state: dict) -> None:
+        from pipeline.io import write_torch
+
+        if self.dist.is_main:
+            write_torch(self.path, {"tag": self.tag, "state": state})
+
+    def finish(self) -> None:
+        if self.dist.is_main:
+            self.path.unlink(missing_ok=True)
+
+
+class Curves:
+    """Per-epoch dvclive curves in ``live_dir`` (``plots/metrics/<prefix><key>.tsv``) of the ``keys`` of
+    each epoch's metrics; ``history`` (a resumed run's earlier epochs) is replayed first."""
+
+    def __init__(self, live_dir: str | Path, keys: Callable[[str], bool], history: Iterable[dict] = (),
+                 prefix: str = ""):
+        from dvclive import Live
+
+        self.live = Live(dir=str(live_dir), resume=False, dvcyaml=False, save_dvc_exp=False, report=None)
+        self.keys, self.prefix = keys, prefix
+        for metrics in history:
+            self.log(metrics)
+
+    def log(self, metrics: dict) -> None:
+        for key, value in metrics.items():
+            if self.keys(key):
+                self.live.log_metric(f"{self.prefix}{key}", float(value))
+        self.live.next_step()
+
+    def end(self) -> None:
+        self.live.end()
+
+
+def progress(items: Iterable, desc: str = "", total: int | None = None, enabled: bool = True,
+             every: float = 30.0) -> Iterator:
+    """Iterate ``items`` with a tqdm bar on a terminal; in a log file or CI (stderr not a terminal) a
+    plain line every ``every`` seconds and at the end instead of carriage-return redraws."""
+    if not enabled:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    start = last = time.perf_counter()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= every:
+            last = now
+            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=sys.stderr,
+                  flush=True)
+    print(f"{desc}: {done} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)

@@ -1,0 +1,49 @@
+"""The shared training harness: padded per-process order, batches, checkpoints, curves, progress lines."""
+
+import torch
+
+from pipeline.training import Checkpoint, Distributed, batches, epoch_order, progress
+
+
+def test_epoch_order_pads_so_every_process_gets_the_same_count():
+    shards = [epoch_order(10, 0, 1, rank=r, world_size=3) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]  # 10 -> 12 by wrapping the first two of the permutation
+    flat = [i for s in shards for i in s]
+    assert set(flat) == set(range(10)) and len(flat) == 12
+    assert epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
+    # the case that hung DDP: 401 images, 2 processes, batch 8 per process -> 26 steps on both
+    assert [len(batches(epoch_order(401, 0, 0, r, 2), 8)) for r in (0, 1)] == [26, 26]
+    # one process sees the plain permutation, independent of the global RNG
+    torch.manual_seed(123)
+    assert sorted(epoch_order(7, 5, 3)) == list(range(7)) and epoch_order(7, 5, 3) == epoch_order(7, 5, 3)
+
+
+def test_batches_can_drop_a_single_tail():
+    assert [len(b) for b in batches(list(range(9)), 4, drop_single=True)] == [4, 4]  # BatchNorm cannot take 1
+    assert [len(b) for b in batches(list(range(9)), 4)] == [4, 4, 1]
+    assert [len(b) for b in batches(list(range(10)), 4, drop_single=True)] == [4, 4, 2]
+
+
+def test_checkpoint_resumes_only_under_its_tag_and_is_gone_when_finished(tmp_path, capsys):
+    path = tmp_path / "ckpt" / "last.pt"
+    Checkpoint(path, "tag-a", "trainer").save({"epoch": 3, "w": torch.ones(2)})
+    assert Checkpoint(path, "tag-b", "trainer").load() is None
+    assert "other params, code, data or weights" in capsys.readouterr().err
+    state = Checkpoint(path, "tag-a", "trainer").load()
+    assert state["epoch"] == 3 and torch.equal(state["w"], torch.ones(2))
+    assert "resuming from" in capsys.readouterr().err
+    Checkpoint(path, "tag-a", "trainer", Distributed(rank=1, world_size=2)).finish()  # not the main process
+    assert path.exists()
+    Checkpoint(path, "tag-a", "trainer").finish()
+    assert not path.exists() and Checkpoint(path, "tag-a", "trainer").load() is None
+    path.write_bytes(b"not a checkpoint")
+    assert Checkpoint(path, "tag-a", "trainer").load() is None
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_prints_lines_not_redraws(capsys):
+    assert list(progress(range(5), "epoch 1/2", every=0.0)) == [0, 1, 2, 3, 4]
+    err = capsys.readouterr().err  # pytest's captured stderr is not a terminal
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("epoch 1/2: 1/5") and lines[-1].startswith("epoch 1/2: 5 done in")
