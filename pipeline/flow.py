@@ -109,6 +109,8 @@ def run_grid(grid: list[str], repo_root: str, jobs: int = 1, poll_s: float = 5.0
     _stream(_dvc() + ["queue", "start", "--jobs", str(jobs)], repo_root, logger)
     while True:
         status = subprocess.run(_dvc() + ["queue", "status"], cwd=repo_root, capture_output=True, text=True)
+        if status.returncode != 0:
+            raise RuntimeError(f"dvc queue status failed ({status.returncode}): {status.stderr.strip()[-2000:]}")
         pending = [ln for ln in status.stdout.splitlines() if "Queued" in ln or "Running" in ln]
         if not pending:
             break

@@ -149,19 +149,29 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
 
 
+def _best(values: list[float | None]) -> tuple[int | None, float | None]:
+    """(1-based index, value) of the largest value; (None, None) when no layer has an mIoU (no masks)."""
+    scored = [(v, i + 1) for i, v in enumerate(values) if v is not None]
+    if not scored:
+        return None, None
+    value, index = max(scored, key=lambda t: (t[0], -t[1]))  # ties: the first layer
+    return index, value
+
+
 def summary_metrics(acc: LayerAnalysis, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    single = [r["single_layer_miou"] or 0.0 for r in rows]
-    firstk = [r["first_k_miou"] or 0.0 for r in rows]
+    single = [r["single_layer_miou"] for r in rows]
+    best_single, best_single_miou = _best(single)
+    best_k, best_k_miou = _best([r["first_k_miou"] for r in rows])
     return {
         "num_images": acc.count,
         "non_refined_miou": _round(acc.best("cam")),
         "avg_miou": _round(acc.best("avg")),
         "aream_miou": _round(acc.best("aream")),
-        "best_single_layer": int(np.argmax(single)) + 1,
-        "best_single_layer_miou": max(single),
+        "best_single_layer": best_single,
+        "best_single_layer_miou": best_single_miou,
         "last_layer_miou": single[-1],
-        "best_first_k": int(np.argmax(firstk)) + 1,
-        "best_first_k_miou": max(firstk),
+        "best_first_k": best_k,
+        "best_first_k_miou": best_k_miou,
         "hellinger_first_layer": rows[0]["hellinger"],
         "hellinger_last_layer": rows[-1]["hellinger"],
     }

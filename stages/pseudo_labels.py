@@ -68,12 +68,11 @@ def label_one(sample: Sample, out_dir: str, source: str, sources: tuple[str, ...
     return out
 
 
-def available_sources(first_id: str) -> tuple[str, ...]:
-    """CAM variants stored in the first image's npz, then every post-processing output folder present."""
-    cams = read_npz(CAMS / f"{first_id}.npz")
-    found = [s for s in CAM_SOURCES if s in cams]
-    found += [m for m in POST_SOURCES if (SCORES / m / f"{first_id}.npz").is_file()]
-    return tuple(found)
+def configured_sources(variants: list[str]) -> tuple[str, ...]:
+    """Every score source this stage measures: the exported CAM variants (``cams.variants``) and the three
+    post-processing methods (all dvc.yaml dependencies). A file missing for any image is an error that
+    names it, never a source silently dropped."""
+    return tuple(s for s in CAM_SOURCES if s in variants) + POST_SOURCES
 
 
 def run(params: Params) -> None:
@@ -84,10 +83,17 @@ def run(params: Params) -> None:
         raise DataError(f"{MANIFEST}: the train split is empty")
     num_classes = manifest.num_classes + 1
     thresholds = thresholds_from(params.cams.sweep)
-    sources = available_sources(samples[0].id)
+    sources = configured_sources(params.cams.variants)
     if cfg.source not in sources:
-        where = CAMS if cfg.source in CAM_SOURCES else SCORES / cfg.source
-        raise DataError(f"pseudo.source {cfg.source!r}: no such scores in {where} (available: {', '.join(sources)})")
+        raise DataError(f"pseudo.source {cfg.source!r}: not exported (cams.variants: {', '.join(params.cams.variants)})")
+    first = read_npz(CAMS / f"{samples[0].id}.npz")
+    missing = [v for v in sources if v in CAM_SOURCES and v not in first]
+    if missing:
+        raise DataError(f"{CAMS / samples[0].id}.npz: no {missing[0]!r} CAMs, but cams.variants lists it "
+                        "(rerun stage export_cams)")
+    for method in POST_SOURCES:
+        if not (SCORES / method).is_dir():
+            raise DataError(f"{SCORES / method}: no {method} scores (run stage postprocess_{method})")
 
     with atomic_dir(PSEUDO) as tmp:
         fn = functools.partial(label_one, out_dir=str(tmp), source=cfg.source, sources=sources, alpha1=cfg.alpha1,

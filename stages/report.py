@@ -8,21 +8,21 @@ layer-wise figures, pseudo-label quality, and segmentation mIoU against the full
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.io import write_text
+from pipeline.io import read_json, write_text
 from stages._common import REPORTS, stage_main
 
 REPORT = REPORTS / "report.md"
 
 
 def _load(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    """The metrics at ``path``; None when that stage is not part of this run (no file). A file that is
+    there but unreadable stops the report with its name, rather than showing as "no metrics"."""
+    if not path.is_file():
         return None
+    return read_json(path)
 
 
 def _pct(v) -> str:

@@ -202,7 +202,7 @@ def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> Af
     from pipeline.io import DataError
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = ckpt["config"]
         model = AffinityNet(cfg["backbone"], "none", cfg["feature_stride"], cfg["embed_dim"])
         model.load_state_dict(ckpt["state_dict"])

@@ -252,7 +252,7 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     if not path.is_file():
         raise DataError(f"{path}: segmentation model not found (did train_seg run?)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         cfg = config_from_payload(payload["seg"])
         model = build_segmenter(cfg, int(payload["num_classes"]))
         model.load_state_dict(payload["state_dict"])
