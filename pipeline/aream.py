@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from pipeline.palette import IGNORE_INDEX
 
 
 def refine_cams(cams: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from pipeline.palette import IGNORE_INDEX
 
 
 def _np(x: Any) -> np.ndarray:

@@ -22,8 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 def radius_offsets(radius: int) -> list[tuple[int, int]]:

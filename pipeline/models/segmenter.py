@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Seg, weights_file
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("deeplabv3plus", "deeplabv3", "deeplabv2")
 DEFAULT_STRIDE = {"deeplabv3plus": 16, "deeplabv3": 8, "deeplabv2": 8}
 V2_RATES = (6, 12, 18, 24)

@@ -61,9 +61,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
 from pipeline.io import DataError, write_torch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
