@@ -19,10 +19,7 @@ model of ``train_seg_gt`` the same way and writes the same files under ``reports
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import io
-import math
 import time
 
 import numpy as np
@@ -32,11 +29,11 @@ from tqdm.auto import tqdm
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.device import resolve_device
-from pipeline.inference import crf_label, image_tensor, predict_probs, side_by_side, to_label
+from pipeline.evaluation import chunks, confusion_csv, confusion_figure, overlay_panel, summarize
+from pipeline.inference import crf_label, image_tensor, predict_probs, to_label
 from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json, write_rgb
-from pipeline.metrics import confusion_matrix, miou
+from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
-from pipeline.palette import colorize
 from pipeline.parallel import map_items, num_workers
 from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main
 
@@ -44,87 +41,6 @@ MODEL = SEGMENTER / "model.pt"
 OUT = REPORTS / "evaluate"
 UPPER_BOUND_MODEL = SEGMENTER_GT / "model.pt"
 UPPER_BOUND_OUT = REPORTS / "evaluate_gt"
-
-
-def summarize(conf: np.ndarray, class_names: list[str]) -> dict:
-    """metrics.json content from a (K, K) confusion matrix (rows = ground truth)."""
-    mean, per_class = miou(conf)
-    total = conf.sum()
-    rows = conf.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(rows > 0, np.diag(conf) / np.maximum(rows, 1), np.nan)
-    return {
-        "miou": _num(mean),
-        "pixel_acc": _num(np.trace(conf) / total) if total else None,
-        "mean_acc": _num(np.nanmean(recall)) if np.any(~np.isnan(recall)) else None,
-        "per_class": {name: _num(v) for name, v in zip(class_names, per_class)},
-    }
-
-
-def _num(v: float) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else round(v, 6)
-
-
-def confusion_rows(conf: np.ndarray, class_names: list[str]) -> list[dict]:
-    """Long-format rows of the non-zero cells: actual, predicted, pixels, fraction of the actual row."""
-    rows = conf.sum(1)
-    out = []
-    for g, p in zip(*np.nonzero(conf)):
-        out.append({"actual": class_names[g], "predicted": class_names[p], "pixels": int(conf[g, p]),
-                    "fraction": round(float(conf[g, p] / rows[g]), 6)})
-    return out
-
-
-def confusion_csv(conf: np.ndarray, class_names: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["actual", "predicted", "pixels", "fraction"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(confusion_rows(conf, class_names))
-    return buf.getvalue()
-
-
-def confusion_figure(conf: np.ndarray, class_names: list[str]) -> bytes:
-    """PNG bytes of the row-normalised confusion matrix (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(class_names)
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    size = min(4 + 0.32 * k, 30)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    font = max(4, min(9, int(300 / k)))
-    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
-    ax.set_yticklabels(class_names, fontsize=font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    if k <= 25:
-        for g in range(k):
-            for p in range(k):
-                if norm[g, p] >= 0.01:
-                    ax.text(p, g, f"{norm[g, p]:.2f}", ha="center", va="center", fontsize=font - 1,
-                            color="white" if norm[g, p] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title("Confusion (rows normalised)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """image | ground truth | prediction (ignored pixels in the palette's cream colour)."""
-    return side_by_side([image, colorize(gt), colorize(pred)])
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def run(params: Params, upper_bound: bool = False) -> None:
@@ -167,7 +83,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
         overlays.mkdir()
         done = 0
         bar = tqdm(total=len(samples), desc="evaluate", leave=False)
-        for group in _chunks(samples, chunk):
+        for group in chunks(samples, chunk):
             images, masks, probs = [], [], []
             for s in group:
                 image, mask = _load(s, num_classes)

@@ -85,7 +85,8 @@ def run(params: Params) -> None:
     thresholds = thresholds_from(params.cams.sweep)
     sources = configured_sources(params.cams.variants)
     if cfg.source not in sources:
-        raise DataError(f"pseudo.source {cfg.source!r}: not exported (cams.variants: {', '.join(params.cams.variants)})")
+        raise DataError(f"pseudo.source {cfg.source!r}: not exported "
+                        f"(cams.variants: {', '.join(params.cams.variants)})")
     first = read_npz(CAMS / f"{samples[0].id}.npz")
     missing = [v for v in sources if v in CAM_SOURCES and v not in first]
     if missing:

@@ -89,8 +89,8 @@ def test_upsample_scores_and_tiles():
 
 
 def test_analysis_stage_outputs(tmp_path):
-    from stages.analyze_layers import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
-                                       select_samples, summary_metrics)
+    from pipeline.layer_analysis import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
+                                         select_samples, summary_metrics)
 
     samples = select_samples(_dataset(tmp_path, 6), 4)
     assert [s.id for s in samples] == ["img1", "img2", "img4", "img5"]  # img0 has no mask; evenly spaced

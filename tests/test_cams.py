@@ -297,7 +297,7 @@ def _dataset(tmp: Path, n: int = 5) -> list[Sample]:
 
 
 def test_export_resumes_and_wipes_stale_files(tmp_path):
-    from stages.export_cams import export_cams, prepare_out_dir
+    from pipeline.cam_export import export_cams, prepare_out_dir
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
@@ -323,7 +323,7 @@ def test_export_resumes_and_wipes_stale_files(tmp_path):
 def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
     """CAM = 'red minus green' for class 1 and 'green minus red' for class 2 (the _dataset's objects): a
     misaligned resize, flip, stride or upsampling anywhere on the way would pull the mIoU down."""
-    from stages.export_cams import cam_quality, export_cams
+    from pipeline.cam_export import cam_quality, export_cams
 
     samples = _dataset(tmp_path)
     oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
@@ -336,7 +336,7 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
 
 
 def test_cam_quality_and_csv(tmp_path):
-    from stages.export_cams import cam_quality, export_cams, sweep_csv
+    from pipeline.cam_export import cam_quality, export_cams, sweep_csv
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.config import Seg, load_params
 from pipeline.inference import crf_label, image_tensor, predict_probs, side_by_side, to_label
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from stages.evaluate import confusion_csv, summarize
+from pipeline.evaluation import confusion_csv, summarize
 
 torch.set_num_threads(1)
 
