@@ -27,7 +27,7 @@ from pipeline.aream import affinity_loss  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.models.vit import build_classifier  # noqa: E402
 from pipeline.train_cls import aream_targets, build_optimizer, classification_loss  # noqa: E402
-from pipeline.training import amp  # noqa: E402
+from pipeline.training import amp, backward_step  # noqa: E402
 
 
 def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int = 0):
@@ -47,14 +47,7 @@ def _step(model, opt, images, targets, params: Params, with_aream: bool, autocas
     if with_aream:
         aff, _, w_hat, _ = aream_targets(out, images, targets, params)
         loss = loss + params.aream.lam * affinity_loss(out.attn_logits, aff, w_hat)
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
+    backward_step(loss, opt, scaler)
 
 
 def _sync(device):

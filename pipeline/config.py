@@ -192,13 +192,17 @@ class Post(Section):
     cam_variant: Literal["cam", "avg", "aream", "first_k"] = "cam"  # input of PAR / CRF / PSA (voc profile: avg)
 
 
-class CRF(Section):
+class CRFKernels(Section):
+    """The dense CRF's kernels (pydensecrf): Gaussian (position) and bilateral (position + colour)."""
     gauss_sxy: float = Field(3, gt=0)
     gauss_compat: float = Field(3, ge=0)
     bi_sxy: float = Field(80, gt=0)
     bi_srgb: float = Field(13, gt=0)
     bi_compat: float = Field(10, ge=0)
     iterations: int = Field(10, ge=1)
+
+
+class CRF(CRFKernels):
     alpha: float = Field(8, gt=0)  # background score (1 - max)^alpha for the CRF scores output
     alpha_low: float = Field(4, gt=0)  # low background: confident foreground (PSA)
     alpha_high: float = Field(32, gt=0)  # high background: confident background (PSA)
@@ -266,16 +270,10 @@ class UpperBound(Section):
     enabled: bool = True  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
 
 
-class EvalCRF(Section):
+class EvalCRF(CRFKernels):
     """Test-time dense CRF on the segmenter's probabilities (DeepLab-style; its own kernels, so that a
     pseudo-label CRF edit does not rerun evaluation)."""
     enabled: bool = False
-    gauss_sxy: float = Field(3, gt=0)
-    gauss_compat: float = Field(3, ge=0)
-    bi_sxy: float = Field(80, gt=0)
-    bi_srgb: float = Field(13, gt=0)
-    bi_compat: float = Field(10, ge=0)
-    iterations: int = Field(10, ge=1)
 
 
 class Eval(Section):

@@ -1,15 +1,17 @@
-"""What the stages that read exported CAMs share: loading them, the per-image fan-out choice and the
-sweep report of the post-processing methods."""
+"""What the stages that read exported CAMs share: loading them, the per-image fan-out choice, and the
+refine-write-measure loop of the post-processing methods with its sweep report."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.config import Runtime
-from pipeline.io import DataError, read_npz, read_rgb, write_json
-from stages._common import CAMS, REPORTS
+from pipeline.config import Params, Runtime
+from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
+from stages._common import CAMS, MANIFEST, REPORTS, SCORES
 
 
 def load_cam_inputs(sample: Any, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,3 +54,41 @@ def write_sweep_report(method: str, counts: list, thresholds: np.ndarray, num_cl
     write_json(REPORTS / "postprocess" / f"{method}.json", metrics)
     print(f"{method}: {num_images} images, sweep mIoU {metrics['sweep_miou']}")
     return metrics
+
+
+def refine_and_count(sample: Any, refine: Callable[[np.ndarray, np.ndarray], np.ndarray], out_dir: str,
+                     variant: str, thresholds: np.ndarray, num_classes: int, threads: int = 0) -> dict | None:
+    """Refine one image's CAMs with ``refine(image, scores) -> scores``, write ``out_dir/<id>.npz``
+    (``keys`` int16, ``scores`` float16) and return its sweep counts (None without a mask)."""
+    from pipeline.postprocess.labels import sweep_counts
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    image, keys, scores = load_cam_inputs(sample, variant)
+    refined = refine(image, scores)
+    write_npz(Path(out_dir) / f"{sample.id}.npz", keys=keys.astype(np.int16), scores=refined.astype(np.float16))
+    if sample.mask is None:
+        return None
+    return sweep_counts(refined, keys, read_label_png(sample.mask), thresholds, num_classes)
+
+
+def run_refinement(method: str, params: Params, refine: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   runtime: Runtime | None = None, threads: int = 0) -> dict:
+    """The post-processing stage ``method``: every train image's ``post.cam_variant`` CAMs through
+    ``refine`` (a picklable callable: images fan out over ``runtime``) into ``data/scores/<method>/``, built
+    atomically, then the sweep report."""
+    from pipeline.data.manifest import load_manifest
+    from pipeline.metrics import thresholds_from
+    from pipeline.parallel import map_items
+
+    manifest = load_manifest(MANIFEST)
+    samples = manifest.split("train")
+    thresholds = thresholds_from(params.cams.sweep)
+    num_classes = manifest.num_classes + 1
+    with atomic_dir(SCORES / method) as tmp:
+        fn = functools.partial(refine_and_count, refine=refine, out_dir=str(tmp), variant=params.post.cam_variant,
+                               thresholds=thresholds, num_classes=num_classes, threads=threads)
+        counts = map_items(fn, samples, runtime or params.runtime, desc=method)
+    return write_sweep_report(method, counts, thresholds, num_classes, len(samples))

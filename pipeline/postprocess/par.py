@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -95,3 +96,14 @@ def par_kwargs(cfg) -> dict:
     """Keyword arguments of :func:`par_refine` from the ``par`` params section."""
     return dict(c_i=cfg.c_i, c_l=cfg.c_l, w_i=cfg.w_i, w_l=cfg.w_l, dilations=list(cfg.dilations),
                 iterations=cfg.iterations)
+
+
+def par_scores(image: np.ndarray, scores: np.ndarray, kwargs: dict, device: str = "cpu") -> np.ndarray:
+    """image (H, W, 3) uint8, scores (K, H, W) -> PAR-refined scores (K, H, W) float32 in [0, 1]."""
+    if scores.shape[0] == 0:
+        return np.zeros(scores.shape, np.float32)
+    with torch.no_grad():
+        img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
+        cam = torch.from_numpy(np.ascontiguousarray(scores, np.float32)).to(device)[None]
+        out = par_refine(img, cam, **kwargs)[0]
+    return out.clamp(0, 1).float().cpu().numpy()

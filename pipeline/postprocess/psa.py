@@ -151,3 +151,21 @@ def random_crop(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, 
     if flip and rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+def psa_scores(model: torch.nn.Module, image: np.ndarray, scores: np.ndarray, radius: int, alpha: float, beta: float,
+               logt: int) -> np.ndarray:
+    """image (H, W, 3) uint8, scores (K, H, W) -> random-walk foreground scores (K, H, W) float32 in [0, 1]:
+    ``model`` (an AffinityNet) embeds the image, the CAMs walk on its affinities within ``radius``."""
+    from pipeline.models.affinitynet import affinity_matrix
+
+    if scores.shape[0] == 0:
+        return np.zeros(scores.shape, np.float32)
+    device = next(model.parameters()).device
+    h, w = image.shape[:2]
+    with torch.no_grad():
+        x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
+        emb = model(x)[0].float()
+        cams = walk_inputs(torch.from_numpy(np.ascontiguousarray(scores)).to(device), tuple(emb.shape[-2:]), alpha)
+        walked = random_walk(cams, affinity_matrix(emb, radius), beta, logt)
+        return walk_scores(walked, (h, w)).cpu().numpy()
