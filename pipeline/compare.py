@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.markdown import pct, table
+
 # (column title, metrics file, key inside it): the Table I columns, in the paper's order
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("val mAP", "reports/train_cls/metrics.json", "val_map"),
@@ -62,14 +64,6 @@ def changed_params(rows: Sequence[dict[str, Any]], param_names: Sequence[str]) -
     return out
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def comparison_markdown(rows: Sequence[dict[str, Any]], param_names: Sequence[str]) -> str:
@@ -84,16 +78,16 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], param_names: Sequence[st
         cells = [row_name(r), *(str(r.get(p, "-")) for p in changed)]
         for title, path, key in METRICS:
             v = metric(r, path, key)
-            cells.append("-" if v is None else (f"{v:.3f}" if title == "val mAP" else _pct(v)))
+            cells.append("-" if v is None else (f"{v:.3f}" if title == "val mAP" else pct(v)))
         body.append(cells)
-    text = ["## Experiments (Table I columns, mIoU %)", "", _table(header, body), ""]
+    text = ["## Experiments (Table I columns, mIoU %)", "", table(header, body), ""]
     lams = {r.get("aream.lam") for r in rows if r.get("aream.lam") is not None}
     if len(lams) > 1:
         by_title = {title: (path, key) for title, path, key in METRICS}
         sweep = sorted(rows, key=lambda r: float(r.get("aream.lam") or 0))
-        lines = [[str(r.get("aream.lam")), row_name(r), *(_pct(metric(r, *by_title[t])) for t in LAMBDA_METRICS)]
+        lines = [[str(r.get("aream.lam")), row_name(r), *(pct(metric(r, *by_title[t])) for t in LAMBDA_METRICS)]
                  for r in sweep]
-        text += ["## Lambda sweep (Table II, mIoU %)", "", _table(["lambda", "experiment", *LAMBDA_METRICS], lines),
+        text += ["## Lambda sweep (Table II, mIoU %)", "", table(["lambda", "experiment", *LAMBDA_METRICS], lines),
                  ""]
     return "\n".join(text)
 

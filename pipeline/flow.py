@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_HOME", os.path.abspath(".prefect"))
-# the temporary server can take longer than the default 20 s to come up on a loaded 2-core machine
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from pipeline.parallel import prefect_env  # noqa: E402
+
+prefect_env(logging_level=None)  # the flow logs every stage at INFO
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 

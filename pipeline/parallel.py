@@ -75,16 +75,19 @@ def map_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, desc: 
         return list(tqdm(pool.map(fn, items, chunksize=chunksize), total=len(items), desc=desc, leave=False))
 
 
-def _prefect_env() -> None:
-    """Keep Prefect local and quiet unless the user configured a server (PREFECT_API_URL)."""
+def prefect_env(logging_level: str | None = "WARNING") -> None:
+    """Keep Prefect local (its home in ./.prefect, no analytics) unless the user configured a server
+    (PREFECT_API_URL), and give its temporary server time to start on a loaded 2-core machine (the
+    default 20 s is not enough). Call before importing prefect; values the user set win."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", os.path.abspath(".prefect"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if logging_level:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", logging_level)
 
 
 def _map_with_prefect(fn: Callable[[T], R], items: list[T], runtime: Runtime, desc: str) -> list[R]:
-    _prefect_env()
+    prefect_env()
     from prefect import flow, task
 
     workers = num_workers(runtime)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.io import read_json, write_text
+from pipeline.markdown import pct, table
 from stages._common import REPORTS, stage_main
 
 REPORT = REPORTS / "report.md"
@@ -25,14 +26,6 @@ def _load(path: Path) -> dict | None:
     return read_json(path)
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * float(v):.1f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | None]) -> str:
@@ -42,18 +35,18 @@ def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | Non
              ("first_k", "CAMs + first-K affinity")]
     for key, label in names:
         if cams and key in cams:
-            rows.append([label, _pct(cams[key].get("best_miou")), f"{cams[key].get('best_threshold', '-')}",
-                         _pct((pseudo or {}).get(key, {}).get("miou")), _pct((pseudo or {}).get(key, {}).get("ignored"))])
+            rows.append([label, pct(cams[key].get("best_miou")), f"{cams[key].get('best_threshold', '-')}",
+                         pct((pseudo or {}).get(key, {}).get("miou")), pct((pseudo or {}).get(key, {}).get("ignored"))])
     for key, label in [("par", "+ PAR"), ("crf", "+ dense CRF"), ("psa", "+ PSA (AffinityNet random walk)")]:
         m = post.get(key) or {}
         p = (pseudo or {}).get(key, {})
         if m or p:
-            rows.append([label, _pct(m.get("sweep_miou", p.get("sweep_miou"))),
+            rows.append([label, pct(m.get("sweep_miou", p.get("sweep_miou"))),
                          f"{m.get('best_threshold', p.get('best_threshold', '-'))}",
-                         _pct(p.get("miou")), _pct(p.get("ignored"))])
+                         pct(p.get("miou")), pct(p.get("ignored"))])
     if not rows:
         return "_no CAM metrics yet_"
-    return _table(["method", "mIoU best bg threshold (%)", "threshold", "Eq. 16 pseudo-label mIoU (%)",
+    return table(["method", "mIoU best bg threshold (%)", "threshold", "Eq. 16 pseudo-label mIoU (%)",
                    "ignored (%)"], rows)
 
 
@@ -75,7 +68,7 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
     lines += ["## Classifier", ""]
     if cls:
         keys = [k for k in cls if isinstance(cls[k], (int, float))]
-        lines.append(_table(["metric", "value"], [[k, f"{cls[k]:.4g}"] for k in keys]))
+        lines.append(table(["metric", "value"], [[k, f"{cls[k]:.4g}"] for k in keys]))
     else:
         lines.append("_no classifier metrics_")
 
@@ -91,7 +84,7 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
     elif (analysis / "layers.csv").exists():
         with open(analysis / "layers.csv") as f:
             rows = list(csv.reader(f))
-        lines.append(_table(rows[0], rows[1:]))
+        lines.append(table(rows[0], rows[1:]))
     else:
         lines.append("_no layer analysis_")
     figs = sorted(p for p in analysis.rglob("*.png")) if analysis.exists() else []
@@ -102,11 +95,11 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
     if seg:
         bound = _load(reports / "evaluate_gt" / "metrics.json")
         bound = None if bound is None or bound.get("skipped") else bound
-        rows = [[f"trained on `{params.seg.labels}` labels", _pct(seg.get("miou")), _pct(seg.get("pixel_acc"))]]
+        rows = [[f"trained on `{params.seg.labels}` labels", pct(seg.get("miou")), pct(seg.get("pixel_acc"))]]
         if bound:
-            rows.append(["trained on ground truth (fully supervised bound)", _pct(bound.get("miou")),
-                         _pct(bound.get("pixel_acc"))])
-        lines.append(_table(["segmentation network", "val mIoU (%)", "pixel accuracy (%)"], rows))
+            rows.append(["trained on ground truth (fully supervised bound)", pct(bound.get("miou")),
+                         pct(bound.get("pixel_acc"))])
+        lines.append(table(["segmentation network", "val mIoU (%)", "pixel accuracy (%)"], rows))
         if bound and bound.get("miou") and seg.get("miou") is not None:
             lines.append(f"\nThe WSSS model reaches {float(seg['miou']) / float(bound['miou']):.2f} of the fully "
                          "supervised bound's mIoU.")
