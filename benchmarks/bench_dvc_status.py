@@ -33,9 +33,10 @@ def project(base: Path, dep: str | None) -> Path:
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q", cwd=repo)
+    (repo / "input.txt").write_text("x\n")
     deps = f"\n      - {dep}" if dep else ""
     (repo / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: echo ok > out.txt\n    deps:\n"
-                                   f"      - dvc.yaml{deps}\n    outs:\n      - out.txt\n")
+                                   f"      - input.txt{deps}\n    outs:\n      - out.txt\n")
     dvc("repro", "-q", cwd=repo)
     return repo
 
