@@ -9,6 +9,10 @@ padded per-process order for DDP and end-of-epoch states for resuming.
 Randomness is a function of (``psa.seed``, epoch, image index): the epoch's order comes from
 :func:`pipeline.training.epoch_order` and each image's crop from ``default_rng([seed, epoch, index])``,
 so a resumed run equals an uninterrupted one and the crops do not depend on the number of processes.
+(Until the harness, one numpy generator drew both the order and the crops in sequence: the figures of
+train_psa and every stage after it changed with this.) Batches are ``psa.batch_size`` images split over
+the processes (at least 2 per process), the last one possibly shorter; a trailing single image is
+dropped, since BatchNorm cannot train on one crop's 1x1 deepest features.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     model = AffinityNet(cfg.backbone, cfg.pretrained, cfg.feature_stride, cfg.embed_dim).to(device).train()
     net = wrap(model, dist, device, sync_bn=True)
     offsets = radius_offsets(cfg.radius)
-    per_rank = max(2, cfg.batch_size // dist.world_size)
+    per_rank = max(2, cfg.batch_size // dist.world_size)  # BatchNorm cannot train on one image's 1x1 features
     steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank,
                         drop_single=True))
     if steps == 0:
@@ -62,7 +66,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     total = steps * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** 0.9)
-    autocast, scaler = amp(device, cfg.amp)
+    autocast, scaler = amp(device, cfg.amp, torch.float16)  # PSA's recipe: fp16 with a gradient scaler
     start, history = 0, []
     if resume is not None:
         model.load_state_dict(resume["model"])

@@ -55,8 +55,8 @@ from pipeline.io import read_rgb
 from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_kwargs, par_refine
-from pipeline.training import (Distributed, amp, backward_step, epoch_order, rng_states, set_rng_states, unwrap,
-                               wrap)
+from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, rng_states, set_rng_states,
+                               unwrap, wrap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +429,6 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                            "epoch": epoch + 1, "rng": rng_states(), "fixed_weights": fixed, "history": history})
             cb.log(epoch + 1, metrics)
-        if dist.world_size > 1:
-            torch.distributed.barrier()
+        barrier(dist)
     result.finished = True
     return result

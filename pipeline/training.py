@@ -79,6 +79,7 @@ def teardown(dist: Distributed) -> None:
 
 
 def barrier(dist: Distributed) -> None:
+    """Wait for every process (no-op in a plain process)."""
     if dist.world_size > 1:
         torch.distributed.barrier()
 
@@ -132,12 +133,22 @@ def batches(order: Sequence[int], batch_size: int, drop_single: bool = False) ->
     return out
 
 
-def amp(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], Any]:
-    """(autocast context factory, GradScaler or None): bf16 (or fp16 with a scaler) on CUDA when
-    ``enabled``; full precision and no scaler on the CPU."""
+def amp_dtype(device: torch.device, enabled: bool, dtype: torch.dtype | None = None) -> torch.dtype | None:
+    """The autocast dtype :func:`amp` uses (None: full precision). ``dtype`` None picks bf16 where the GPU
+    supports it, else fp16; resume tags record it, since it shapes the weights."""
     if device.type != "cuda" or not enabled:
+        return None
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def amp(device: torch.device, enabled: bool, dtype: torch.dtype | None = None) -> tuple[Callable[[], Any], Any]:
+    """(autocast context factory, GradScaler or None) for :func:`amp_dtype`: fp16 comes with a gradient
+    scaler; full precision (the CPU, or ``enabled`` false) with neither."""
+    dtype = amp_dtype(device, enabled, dtype)
+    if dtype is None:
         return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 

@@ -24,6 +24,7 @@ PSEUDO = DATA / "pseudo"                     # pseudo_labels: <id>.png (VOC pale
 CLASSIFIER = MODELS / "classifier"           # train_cls: model.pt
 CLASSIFIER_CKPT = MODELS / "classifier_ckpt"  # train_cls: resume checkpoint (gitignored, not a DVC output)
 AFFINITYNET = MODELS / "affinitynet"         # train_psa: model.pt
+AFFINITYNET_CKPT = MODELS / "affinitynet_ckpt"  # train_psa: resume checkpoint (gitignored, not a DVC output)
 SEGMENTER = MODELS / "segmenter"             # train_seg: model.pt
 SEGMENTER_CKPT = MODELS / "segmenter_ckpt"   # train_seg: resume checkpoint (gitignored, not a DVC output)
 SEGMENTER_GT = MODELS / "segmenter_gt"       # train_seg_gt: the fully supervised upper bound's model.pt

@@ -1,4 +1,4 @@
-"""The resume tag of the training stages (train_cls, train_seg, train_seg_gt)."""
+"""The resume tag of the training stages (train_cls, train_psa, train_seg, train_seg_gt)."""
 
 from __future__ import annotations
 

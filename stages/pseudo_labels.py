@@ -5,7 +5,8 @@ The labels come from ``pseudo.source``: raw exported CAMs (``cam``, ``avg``, ``a
 ``data/scores``), thresholded by Eq. 16 with ``pseudo.alpha1`` / ``pseudo.alpha2`` and written to
 ``data/pseudo/<id>.png`` (VOC palette; 0 background, classes, 255 ignore).
 
-``reports/pseudo/metrics.json`` compares every source that is present (the paper's Table I):
+``reports/pseudo/metrics.json`` compares every configured source, the ``cams.variants`` and the three
+post-processing methods (the paper's Table I; a missing one is an error that names it):
 
     {"miou": .., "ignored": .., "images": ..,              # the selected source
      "<source>": {"miou": .., "ignored": .., "sweep_miou": .., "best_threshold": ..}, ...}

@@ -23,13 +23,14 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
 from pipeline.io import DataError, write_json
 from pipeline.models.vit import save_classifier
 from pipeline.train_cls import Callbacks, train_classifier
-from pipeline.training import Checkpoint, Curves, progress, setup_distributed, teardown
+from pipeline.training import Checkpoint, Curves, amp_dtype, progress, setup_distributed, teardown
 from stages._common import (CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, PREPARED, REPORTS, stage_main,
                             write_timing)
 from stages._resume import run_tag
@@ -43,12 +44,13 @@ HASHED_SECTIONS = ("classifier", "train_cls", "aream", "par", "dataset")
 LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch")
 
 
-def training_hash(params: Params, device_type: str = "cpu", world_size: int = 1) -> str:
-    """Tag of everything that shapes the weights: the params sections, the device type and the number of
-    processes, this stage's code, the prepared data and the starting weights (a checkpoint is resumed
-    only under the same tag)."""
+def training_hash(params: Params, device: torch.device = torch.device("cpu"), world_size: int = 1) -> str:
+    """Tag of everything that shapes the weights: the params sections, the device type and autocast dtype,
+    the number of processes, this stage's code, the prepared data and the starting weights (a checkpoint
+    is resumed only under the same tag)."""
     sections = {name: getattr(params, name).model_dump() for name in HASHED_SECTIONS}
-    return run_tag("stages.train_cls", {**sections, "device": device_type, "world": world_size},
+    precision = f"{device.type}:{amp_dtype(device, params.train_cls.amp)}"  # bf16 or fp16 on CUDA, by GPU
+    return run_tag("stages.train_cls", {**sections, "device": precision, "world": world_size},
                    [MANIFEST, PREPARED / "summary.json", weights_file(params.classifier.pretrained)])
 
 
@@ -74,7 +76,7 @@ def run(params: Params, stop_after: int | None = None) -> None:
     if not train:
         raise DataError(f"{MANIFEST}: the train split is empty")
     dist, device = setup_distributed(params.runtime.device)
-    checkpoint = Checkpoint(CHECKPOINT, training_hash(params, device.type, dist.world_size), "train_cls", dist)
+    checkpoint = Checkpoint(CHECKPOINT, training_hash(params, device, dist.world_size), "train_cls", dist)
     resume = checkpoint.load()
     curves = Curves(LIVE_DIR, _curve, resume["history"] if resume else [], "train_cls/") if dist.is_main else None
 

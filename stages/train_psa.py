@@ -34,11 +34,11 @@ from pipeline.postprocess.psa import confident_labels
 from pipeline.train_affinity import SUMMED, train_affinitynet
 from pipeline.training import Checkpoint, Curves, setup_distributed, teardown
 from stages._cam_inputs import load_cam_inputs
-from stages._common import AFFINITYNET, MANIFEST, MODELS, PREPARED, REPORTS, stage_main
+from stages._common import AFFINITYNET, AFFINITYNET_CKPT, MANIFEST, PREPARED, REPORTS, stage_main
 from stages._resume import run_tag
 
 MODEL = AFFINITYNET / "model.pt"
-CHECKPOINT = MODELS / "affinitynet_ckpt" / "last.pt"  # resume checkpoint (gitignored, not a DVC output)
+CHECKPOINT = AFFINITYNET_CKPT / "last.pt"
 REPORT_DIR = REPORTS / "train_psa"
 METRICS = REPORT_DIR / "metrics.json"
 LIVE_DIR = REPORT_DIR / "live"

@@ -130,7 +130,10 @@ def run(params: Params, upper_bound: bool = False) -> None:
     net = wrap(model, dist, device, sync_bn=True)
     checkpoint = Checkpoint(out.ckpt, tag, out.report.name, dist)
     saved = checkpoint.load()
-    resume = TrainState(**saved) if saved else None
+    try:
+        resume = TrainState(**saved) if saved else None
+    except TypeError:  # a checkpoint of an older layout under the same tag: start over
+        resume = None
     dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
     if dist.is_main:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "

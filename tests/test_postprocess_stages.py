@@ -112,7 +112,7 @@ def test_all_postprocessing_stages_and_pseudo_labels(workspace):
     assert metrics["crf"]["sweep_miou"] > metrics[params.post.cam_variant]["sweep_miou"]
 
 
-def test_pseudo_labels_from_raw_cams_and_clear_errors(workspace):
+def test_pseudo_labels_and_crf_name_what_is_missing(workspace):
     from stages import postprocess_crf, pseudo_labels
 
     # every configured source must be there: a missing post-processing output is named, not skipped
@@ -120,6 +120,8 @@ def test_pseudo_labels_from_raw_cams_and_clear_errors(workspace):
         pseudo_labels.run(tiny_params(pseudo={"source": "cam", "alpha1": 0.3, "alpha2": 0.6}))
     with pytest.raises(DataError, match="no 'first_k' CAMs"):
         pseudo_labels.run(tiny_params(cams={"variants": ["cam", "first_k"]}))
+    with pytest.raises(DataError, match=r"pseudo.source 'aream': not exported \(cams.variants: cam, avg\)"):
+        pseudo_labels.run(tiny_params(cams={"variants": ["cam", "avg"]}, pseudo={"source": "aream"}))
     with pytest.raises(DataError, match="first_k"):
         postprocess_crf.run(tiny_params(post={"cam_variant": "first_k"}))
     assert not (workspace / "data" / "scores" / "crf").exists()  # nothing half-written

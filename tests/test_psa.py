@@ -202,3 +202,29 @@ def test_affinitynet_training_steps_reduce_the_loss(one_thread):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_affinitynet_resumed_after_an_epoch_equals_an_uninterrupted_run():
+    import copy
+
+    from pipeline.config import PSA
+    from pipeline.train_affinity import train_affinitynet
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3)).astype(np.uint8) for _ in range(5)]
+    labels = []
+    for i in range(5):
+        label = np.zeros((24, 24), np.uint8)
+        label[4:14, 4:14] = 1 + i % 2
+        label[14:16] = 255
+        labels.append(label)
+    cfg = PSA(crop_size=16, epochs=2, batch_size=2, embed_dim=8, radius=3)
+    cpu = torch.device("cpu")
+    straight, history = train_affinitynet(images, labels, cfg, cpu, progress=False)
+    states = {}
+    train_affinitynet(images, labels, cfg, cpu, progress=False,  # the state holds live tensors: copy it
+                      on_epoch=lambda epoch, metrics, state: states.setdefault(epoch, copy.deepcopy(state)))
+    resumed, resumed_history = train_affinitynet(images, labels, cfg, cpu, resume=states[1], progress=False)
+    assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
