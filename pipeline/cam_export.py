@@ -11,7 +11,6 @@ mIoU of the stored CAMs against the masks (Table I), in parallel over images; :f
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import multiprocessing
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from pipeline.cams import infer_cams, load_cam_scores, pack_cams
 from pipeline.config import Cams, Runtime
 from pipeline.data.manifest import Sample
-from pipeline.io import DataError, read_label_png, read_npz, read_rgb, write_json, write_npz
+from pipeline.io import DataError, file_sha256, read_label_png, read_npz, read_rgb, write_json, write_npz
 from pipeline.metrics import ThresholdSweep, thresholds_from
 from pipeline.parallel import chunked, map_items, num_workers
 
@@ -52,11 +51,7 @@ def _collate(items: list) -> list:
 
 
 def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def export_tag(cfg: Cams, model_digest: str, manifest_digest: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.io import file_sha256
+
 
 def run_tag(stage_module: str, params: dict, inputs: Iterable[Path | None] = ()) -> str:
     """Tag of one training run: a hash of everything that shapes its weights, i.e. the params that
@@ -28,8 +30,6 @@ def run_tag(stage_module: str, params: dict, inputs: Iterable[Path | None] = ())
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             h.update(f.as_posix().encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+            file_sha256(f, h)
     return h.hexdigest()[:16]
 

@@ -48,21 +48,20 @@ def check_dataset_params(ds: Dataset) -> None:
 
 def check_voc_root(ds: Dataset) -> int:
     """Layout, split lists and file presence of a VOC-layout root; returns the number of images listed."""
-    from pipeline.data.voc import resolve_voc_root, split_ids, voc_items
+    from pipeline.data.voc import resolve_voc_root, voc_items
 
     root = resolve_voc_root(ds.root)
     count = 0
     for key in ("train_split", "val_split"):
         split = getattr(ds, key)
         try:
-            split_ids(root, split)
+            items = voc_items(root, split, ds.max_images)
         except DataError as err:
             hint = ""
             if split == "train_aug":
                 hint = (" (train_aug is SBD's 10,582-image list: add ImageSets/Segmentation/train_aug.txt and "
                         "SegmentationClassAug/, or use plain VOC 2012 with -S dataset.train_split=train)")
             raise DataError(f"dataset.{key}: {err}{hint}") from None
-        items = voc_items(root, split, ds.max_images)
         missing = [str(it.image) for it in items if not it.image.is_file()]
         if missing:
             raise DataError(f"{root}: {len(missing)} images of split {split!r} are missing (first: {missing[0]})")

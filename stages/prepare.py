@@ -26,7 +26,7 @@ from pipeline.data.coco import CocoItem, coco_classes, coco_items, load_coco_jso
 from pipeline.data.manifest import Manifest, Sample
 from pipeline.data.toyvoc import toy_class_names
 from pipeline.data.voc import VOC_CLASSES, check_image, read_voc
-from pipeline.io import DataError, atomic_dir, write_json, write_label_png
+from pipeline.io import DataError, atomic_dir, file_sha256, write_json, write_label_png
 from pipeline.parallel import map_items
 from stages._common import MANIFEST, PREPARED, stage_main
 from stages.check import check_dataset_params
@@ -39,13 +39,7 @@ def _mapper(runtime: Runtime) -> Callable[[Callable, list, str], list]:
 
 
 def _file_digest(path: str | None) -> str:
-    if path is None:
-        return "-"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return "-" if path is None else file_sha256(path)
 
 
 def content_digest(manifest: Manifest, runtime: Runtime, built: Path) -> str:

@@ -99,3 +99,15 @@ def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
     assert b".a.pt." not in (tmp_path / "a.pt").read_bytes()
     loaded = torch.load(tmp_path / "a.pt", weights_only=True)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_file_sha256_alone_and_into_a_running_hash(tmp_path):
+    import hashlib
+
+    from pipeline.io import file_sha256
+
+    (tmp_path / "a").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "a") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    h = hashlib.sha256(b"x")
+    file_sha256(tmp_path / "a", h)
+    assert h.hexdigest() == hashlib.sha256(b"xabc").hexdigest()
