@@ -78,9 +78,9 @@ def main() -> None:
     # 1. export throughput ------------------------------------------------------------------------
     def export_all():
         for i in range(0, len(images), cams.batch_size):
-            infer_cams(model, images[i:i + cams.batch_size], labels[i:i + cams.batch_size], img_size=cc.img_size,
-                       patch_size=cc.patch_size, scales=cams.scales, flip=cams.flip, variants=cams.variants,
-                       first_k=first_k, stride=cams.stride, preprocess=imagenet_normalize)
+            infer_cams(model, images[i:i + cams.batch_size], labels[i:i + cams.batch_size],
+                       cams.replace(first_k=first_k), img_size=cc.img_size, patch_size=cc.patch_size,
+                       preprocess=imagenet_normalize)
 
     def forwards_only():
         from pipeline.cams import input_side, resize_images

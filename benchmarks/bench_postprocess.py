@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 from pipeline.models.affinitynet import AffinityNet, affinity_matrix  # noqa: E402
 from pipeline.parallel import map_items  # noqa: E402
-from pipeline.postprocess.crf import crf_params, crf_scores  # noqa: E402
-from pipeline.postprocess.par import par_kwargs, par_refine  # noqa: E402
-from pipeline.postprocess.psa import random_walk, walk_inputs, walk_scores  # noqa: E402
+from pipeline.postprocess.crf import crf_scores  # noqa: E402
+from pipeline.postprocess.par import par_refine  # noqa: E402
+from pipeline.postprocess.psa import image_affinity, random_walk, walk_cams, walk_inputs  # noqa: E402
 
 SIZES = {"toy 120x120": (120, 120), "VOC 500x375": (375, 500)}
 
@@ -61,34 +61,24 @@ def time_par(img, scores, params) -> float:
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     s = torch.from_numpy(scores)[None]
     with torch.no_grad():
-        return best_of(lambda: par_refine(x, s, **par_kwargs(params.par)))
+        return best_of(lambda: par_refine(x, s, params.par))
 
 
 def time_crf(img, scores, params) -> float:
-    return best_of(lambda: crf_scores(img, scores, params.crf.alpha, **crf_params(params.crf)))
+    return best_of(lambda: crf_scores(img, scores, params.crf.alpha, params.crf))
 
 
 def time_psa(img, scores, params, net) -> tuple[float, float]:
-    cfg = params.psa
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    s = torch.from_numpy(scores)
-
-    def forward():
-        emb = net(x)[0]
-        return emb, affinity_matrix(emb, cfg.radius)
-
-    def walk(emb, aff):
-        cams = walk_inputs(s, tuple(emb.shape[-2:]), cfg.alpha)
-        return walk_scores(random_walk(cams, aff, cfg.beta, cfg.logt), img.shape[:2])
-
-    with torch.no_grad():
-        emb, aff = forward()
-        return best_of(forward), best_of(lambda: walk(emb, aff))
+    """Seconds of the two halves of pipeline.postprocess.psa.psa_scores: the AffinityNet forward with its
+    pair affinities, and the random walk."""
+    grid, aff = image_affinity(net, img, params.psa.radius)
+    return (best_of(lambda: image_affinity(net, img, params.psa.radius)),
+            best_of(lambda: walk_cams(scores, grid, aff, params.psa)))
 
 
-def crf_job(seed: int, params_crf, alpha: float, size: tuple[int, int]) -> float:
+def crf_job(seed: int, kernels, alpha: float, size: tuple[int, int]) -> float:
     img, scores = synthetic(*size, 2, seed)
-    return float(crf_scores(img, scores, alpha, **params_crf).mean())
+    return float(crf_scores(img, scores, alpha, kernels).mean())
 
 
 def main() -> None:
@@ -125,7 +115,7 @@ def main() -> None:
           f"dense {cfg.logt} squarings {t_dense * 1e3:.1f} ms ({t_dense / t_sparse:.1f}x slower)")
 
     # CRF parallel speed-up through map_items (process runner), same run
-    fn = functools.partial(crf_job, params_crf=crf_params(params.crf), alpha=params.crf.alpha,
+    fn = functools.partial(crf_job, kernels=params.crf, alpha=params.crf.alpha,
                            size=SIZES["VOC 500x375"])
     seeds = list(range(args.images))
     times = {}

@@ -23,10 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.aream import affinity_loss  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.models.vit import build_classifier  # noqa: E402
-from pipeline.train_cls import aream_targets, build_optimizer, classification_loss  # noqa: E402
+from pipeline.train_cls import build_optimizer, step_losses  # noqa: E402
 from pipeline.training import amp, backward_step  # noqa: E402
 
 
@@ -41,13 +40,8 @@ def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int 
 
 
 def _step(model, opt, images, targets, params: Params, with_aream: bool, autocast, scaler):
-    with autocast():
-        out = model(images, capture=with_aream, with_cam=with_aream)
-    loss = classification_loss(out, targets)
-    if with_aream:
-        aff, _, w_hat, _ = aream_targets(out, images, targets, params)
-        loss = loss + params.aream.lam * affinity_loss(out.attn_logits, aff, w_hat)
-    backward_step(loss, opt, scaler)
+    step = step_losses(model, images, targets, params.aream, params.par, with_aream, autocast)
+    backward_step(step.total, opt, scaler)
 
 
 def _sync(device):
@@ -59,7 +53,7 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
     c, t = params.classifier, params.train_cls
     torch.manual_seed(0)
     model = build_classifier(c, num_classes).to(device).train()
-    opt = build_optimizer(model, params)
+    opt = build_optimizer(model, params.train_cls)
     autocast, scaler = amp(device, t.amp)
     images, targets = _batch(t.batch_size, c.img_size, num_classes, device)
     times = {False: [], True: []}

@@ -96,10 +96,8 @@ def export_cams(model: Any, samples: Sequence[Sample], out_dir: Path, cfg: Cams,
     for batch in loader:
         idx = [i for i, _ in batch]
         images = [img for _, img in batch]
-        results = infer_cams(model, images, [todo[i].labels for i in idx], img_size=img_size, patch_size=patch_size,
-                             scales=cfg.scales, flip=cfg.flip, variants=cfg.variants, first_k=cfg.first_k,
-                             stride=cfg.stride, device=device, preprocess=preprocess, amp=amp,
-                             normalize=cfg.normalize)
+        results = infer_cams(model, images, [todo[i].labels for i in idx], cfg, img_size=img_size,
+                             patch_size=patch_size, device=device, preprocess=preprocess, amp=amp)
         for i, res in zip(idx, results):
             write_npz(out_dir / f"{todo[i].id}.npz", **pack_cams(res, cfg.variants))
             written += 1

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import Cams
 from pipeline.aream import layer_entropy, normalize_cams, reactivation_weights, refine_cams
 from pipeline.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -250,12 +251,14 @@ def forward_variants(model: Any, x: torch.Tensor, labels: Sequence[Sequence[int]
 
 
 @torch.no_grad()
-def infer_cams(model: Any, images: Sequence[np.ndarray], labels: Sequence[Sequence[int]], *,
-               img_size: int, patch_size: int, scales: Sequence[float], flip: bool,
-               variants: Sequence[str], first_k: int, stride: int, device: torch.device | str = "cpu",
-               preprocess: Any = None, amp: bool = True, normalize: str = "minmax") -> list[dict[str, Any]]:
-    """CAM variants of a batch of images, merged over scales and flips, then scaled to [0, 1] per class
-    (``normalize``: minmax | max, see :func:`normalize_maps`).
+def infer_cams(model: Any, images: Sequence[np.ndarray], labels: Sequence[Sequence[int]], cfg: Cams, *,
+               img_size: int, patch_size: int, device: torch.device | str = "cpu", preprocess: Any = None,
+               amp: bool = True) -> list[dict[str, Any]]:
+    """CAM variants of a batch of images, merged over scales and flips, then scaled to [0, 1] per class.
+
+    ``cfg`` (the ``cams`` params section) gives the variants, ``first_k``, the test scales, the flip, the
+    output stride and the normalisation (minmax | max, see :func:`normalize_maps`); ``img_size`` and
+    ``patch_size`` are the classifier's.
 
     images: (H_i, W_i, 3) uint8, any sizes; labels: each image's foreground classes (1..C).
     ``model(x)`` takes (B, 3, s, s) and returns an object with ``cam`` (B, C, g, g) >= 0 and ``attn``
@@ -263,17 +266,17 @@ def infer_cams(model: Any, images: Sequence[np.ndarray], labels: Sequence[Sequen
     Returns per image {"keys": (K,) int, "size": (H, W), variant: (K, h, w) float32 in [0, 1]}.
     """
     device = torch.device(device)
-    variants = tuple(variants)
+    variants, stride, first_k = tuple(cfg.variants), cfg.stride, cfg.first_k
     accs = []
     for img, keys in zip(images, labels):
         H, W = img.shape[:2]
         accs.append(CamAccumulator(np.asarray(keys, np.int64), (H, W), output_size(H, W, stride), variants,
-                                   normalize))
-    for scale in scales:
+                                   cfg.normalize))
+    for scale in cfg.scales:
         x = resize_images(images, input_side(img_size, scale, patch_size), device)
         if preprocess is not None:
             x = preprocess(x)
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in ((False, True) if cfg.flip else (False,)):
             stacked = forward_variants(model, x.flip(-1) if flipped else x, labels, variants, first_k, amp)
             for b, acc in enumerate(accs):
                 acc.add(stacked[b, :, :len(acc.keys)], flipped)

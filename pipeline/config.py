@@ -14,6 +14,7 @@ applied with ``dvc exp run`` set-arguments, so DVC tracks every value that shape
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -53,31 +54,42 @@ def weights_file(value: str) -> Path | None:
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def replace(self, **changes: Any) -> "Section":
+        """A validated copy with some fields changed (nested sections as dicts or sections)."""
+        data = self.model_dump()
+        data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_format_error(err, type(self).__name__)) from None
+
 
 # ----------------------------------------------------------------------------------------------
-# Sections. Defaults here mirror params.yaml; params.yaml is the documented source of truth.
+# Sections. They hold no defaults: params.yaml is the one place where default values live, so every key
+# must be written there (a missing one is an error naming it). Code and tests that need the defaults
+# call defaults() and change what they need with Section.replace().
 # ----------------------------------------------------------------------------------------------
 
 
 class Runtime(Section):
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int = Field(0, ge=0)  # parallel CPU workers for per-image work; 0 = all cores
-    loader_workers: int = Field(0, ge=0)  # torch DataLoader workers
-    task_runner: Literal["serial", "process", "prefect", "dask"] = "process"
-    dask_address: str | None = None  # scheduler address for task_runner: dask; None = local cluster
+    device: str  # auto | cpu | cuda | cuda:N
+    workers: int = Field(ge=0)  # parallel CPU workers for per-image work; 0 = all cores
+    loader_workers: int = Field(ge=0)  # torch DataLoader workers
+    task_runner: Literal["serial", "process", "prefect", "dask"]
+    dask_address: str | None  # scheduler address for task_runner: dask; None = local cluster
 
 
 class ToySpec(Section):
-    num_classes: int = Field(20, ge=2, le=254)
-    num_train: int = Field(400, ge=2)
-    num_val: int = Field(100, ge=2)
-    min_size: int = Field(96, ge=32)
-    max_size: int = Field(144, ge=32)
-    max_objects: int = Field(3, ge=1, le=8)
-    boundary: int = Field(2, ge=0, le=16)  # width in pixels of the 255 ignore band
-    context: float = Field(0.6, ge=0, le=1)  # P(background = the first object's typical scene)
-    clutter: int = Field(3, ge=0, le=12)  # unlabelled distractor shapes per image: 0..clutter
-    seed: int = 0
+    num_classes: int = Field(ge=2, le=254)
+    num_train: int = Field(ge=2)
+    num_val: int = Field(ge=2)
+    min_size: int = Field(ge=32)
+    max_size: int = Field(ge=32)
+    max_objects: int = Field(ge=1, le=8)
+    boundary: int = Field(ge=0, le=16)  # width in pixels of the 255 ignore band
+    context: float = Field(ge=0, le=1)  # P(background = the first object's typical scene)
+    clutter: int = Field(ge=0, le=12)  # unlabelled distractor shapes per image: 0..clutter
+    seed: int
 
     @model_validator(mode="after")
     def _sizes(self) -> "ToySpec":
@@ -87,59 +99,59 @@ class ToySpec(Section):
 
 
 class CocoSpec(Section):
-    train_images: str = "train2014"
-    val_images: str = "val2014"
-    train_annotations: str = "annotations/instances_train2014.json"
-    val_annotations: str = "annotations/instances_val2014.json"
-    keep_unlabelled: bool = False  # keep val images without annotations (train always drops them)
+    train_images: str
+    val_images: str
+    train_annotations: str
+    val_annotations: str
+    keep_unlabelled: bool  # keep val images without annotations (train always drops them)
 
 
 class Dataset(Section):
-    name: Literal["toyvoc", "voc", "coco"] = "toyvoc"
-    root: str = TOY_ROOT  # voc: .../VOCdevkit/VOC2012; coco: folder with images + annotations (a DVC dependency)
-    train_split: str = "train"  # voc: train | train_aug ; coco: train
-    val_split: str = "val"
-    max_images: int = Field(0, ge=0)  # 0 = all; >0 keeps the first N of each split (quick trials)
-    toy: ToySpec = ToySpec()
-    coco: CocoSpec = CocoSpec()
+    name: Literal["toyvoc", "voc", "coco"]
+    root: str  # voc: .../VOCdevkit/VOC2012; coco: folder with images + annotations (a DVC dependency)
+    train_split: str  # voc: train | train_aug ; coco: train
+    val_split: str
+    max_images: int = Field(ge=0)  # 0 = all; >0 keeps the first N of each split (quick trials)
+    toy: ToySpec
+    coco: CocoSpec
 
 
 class Classifier(Section):
-    backbone: str = "deit_tiny_patch16_224"
-    pretrained: str = "none"  # none | timm | path/to/weights.(pth|safetensors)
-    img_size: int = Field(96, ge=16)
-    patch_size: int = Field(8, ge=2)
-    depth: int = Field(6, ge=1)
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
-    cam: Literal["fused", "class_attn", "patch"] = "class_attn"
-    cam_layers: int = Field(3, ge=1)  # class-attention summed over the last K layers
+    backbone: str
+    pretrained: str  # none | timm | path/to/weights.(pth|safetensors)
+    img_size: int = Field(ge=16)
+    patch_size: int = Field(ge=2)
+    depth: int = Field(ge=1)
+    drop_path: float = Field(ge=0.0, lt=1.0)
+    cam: Literal["fused", "class_attn", "patch"]
+    cam_layers: int = Field(ge=1)  # class-attention summed over the last K layers
 
 
 class TrainCls(Section):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: int = Field(2, ge=0)
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    crop_scale: list[float] = [0.8, 1.0]
-    hflip: bool = True
-    color_jitter: float = Field(0.3, ge=0)
-    amp: bool = True  # used on CUDA only
-    seed: int = 0
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: Literal["adamw", "sgd"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    schedule: Literal["cosine", "poly", "constant"]
+    crop_scale: list[float]
+    hflip: bool
+    color_jitter: float = Field(ge=0)
+    amp: bool  # used on CUDA only
+    seed: int
 
 
 class AReAM(Section):
-    enabled: bool = True
-    lam: float = Field(0.05, ge=0)  # lambda of Eq. 20 (the paper: 0.2, pretrained; see params.yaml)
-    start_epoch: int = Field(5, ge=0)  # classification-only warm-up epochs before L_aff
-    alpha1: float = Field(0.25, gt=0, lt=1)  # Eq. 16 background threshold
-    alpha2: float = Field(0.7, gt=0, lt=1)  # Eq. 16 foreground threshold
-    weights: Literal["per_image", "dataset"] = "per_image"  # paper | authors' dataset-wide file
-    refine_layers: int = Field(0, ge=0)  # 0 = all layers (paper); K = the first K only (authors' code)
-    loss_layers: int = Field(0, ge=0)  # 0 = all layers (paper); K = the last K only (authors' code)
-    par_scale: float = Field(0.5, gt=0, le=1)  # image resolution PAR runs at during training
+    enabled: bool
+    lam: float = Field(ge=0)  # lambda of Eq. 20 (the paper: 0.2, pretrained; see params.yaml)
+    start_epoch: int = Field(ge=0)  # classification-only warm-up epochs before L_aff
+    alpha1: float = Field(gt=0, lt=1)  # Eq. 16 background threshold
+    alpha2: float = Field(gt=0, lt=1)  # Eq. 16 foreground threshold
+    weights: Literal["per_image", "dataset"]  # paper | authors' dataset-wide file
+    refine_layers: int = Field(ge=0)  # 0 = all layers (paper); K = the first K only (authors' code)
+    loss_layers: int = Field(ge=0)  # 0 = all layers (paper); K = the last K only (authors' code)
+    par_scale: float = Field(gt=0, le=1)  # image resolution PAR runs at during training
 
     @model_validator(mode="after")
     def _alphas(self) -> "AReAM":
@@ -149,24 +161,24 @@ class AReAM(Section):
 
 
 class PAR(Section):
-    c_i: float = Field(0.3, gt=0)
-    c_l: float = Field(0.3, gt=0)
-    w_i: float = Field(1.0, ge=0)
-    w_l: float = Field(0.01, ge=0)
-    dilations: list[int] = [1, 2, 4, 8, 12, 24]
-    iterations: int = Field(10, ge=1)
+    c_i: float = Field(gt=0)
+    c_l: float = Field(gt=0)
+    w_i: float = Field(ge=0)
+    w_l: float = Field(ge=0)
+    dilations: list[int]
+    iterations: int = Field(ge=1)
 
 
 class Cams(Section):
-    variants: list[Literal["cam", "avg", "aream", "first_k"]] = ["cam", "avg", "aream", "first_k"]
-    first_k: int = Field(3, ge=1)  # must not exceed the classifier's depth (checked at export)
-    scales: list[float] = [1.0, 0.75, 1.25]
-    flip: bool = True
-    stride: int = Field(4, ge=1)  # stored at image size / stride
-    batch_size: int = Field(16, ge=1)
-    splits: list[str] = ["train", "val"]  # manifest splits exported
-    sweep: list[float] = [0.0, 0.8, 0.01]  # background threshold start, stop (inclusive), step
-    normalize: Literal["minmax", "max"] = "minmax"  # per-class scaling of the merged maps to [0, 1]
+    variants: list[Literal["cam", "avg", "aream", "first_k"]]
+    first_k: int = Field(ge=1)  # must not exceed the classifier's depth (checked at export)
+    scales: list[float]
+    flip: bool
+    stride: int = Field(ge=1)  # stored at image size / stride
+    batch_size: int = Field(ge=1)
+    splits: list[str]  # manifest splits exported
+    sweep: list[float]  # background threshold start, stop (inclusive), step
+    normalize: Literal["minmax", "max"]  # per-class scaling of the merged maps to [0, 1]
 
     @model_validator(mode="after")
     def _check(self) -> "Cams":
@@ -182,54 +194,54 @@ class Cams(Section):
 
 
 class Analysis(Section):
-    num_images: int = Field(32, ge=1)
-    num_figures: int = Field(4, ge=0)
-    batch_size: int = Field(8, ge=1)
-    scale: float = Field(1.0, gt=0)  # single test scale of the analysis (no flip: one forward per image)
+    num_images: int = Field(ge=1)
+    num_figures: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    scale: float = Field(gt=0)  # single test scale of the analysis (no flip: one forward per image)
 
 
 class Post(Section):
-    cam_variant: Literal["cam", "avg", "aream", "first_k"] = "cam"  # input of PAR / CRF / PSA (voc profile: avg)
+    cam_variant: Literal["cam", "avg", "aream", "first_k"]  # input of PAR / CRF / PSA (voc profile: avg)
 
 
 class CRFKernels(Section):
     """The dense CRF's kernels (pydensecrf): Gaussian (position) and bilateral (position + colour)."""
-    gauss_sxy: float = Field(3, gt=0)
-    gauss_compat: float = Field(3, ge=0)
-    bi_sxy: float = Field(80, gt=0)
-    bi_srgb: float = Field(13, gt=0)
-    bi_compat: float = Field(10, ge=0)
-    iterations: int = Field(10, ge=1)
+    gauss_sxy: float = Field(gt=0)
+    gauss_compat: float = Field(ge=0)
+    bi_sxy: float = Field(gt=0)
+    bi_srgb: float = Field(gt=0)
+    bi_compat: float = Field(ge=0)
+    iterations: int = Field(ge=1)
 
 
 class CRF(CRFKernels):
-    alpha: float = Field(8, gt=0)  # background score (1 - max)^alpha for the CRF scores output
-    alpha_low: float = Field(4, gt=0)  # low background: confident foreground (PSA)
-    alpha_high: float = Field(32, gt=0)  # high background: confident background (PSA)
+    alpha: float = Field(gt=0)  # background score (1 - max)^alpha for the CRF scores output
+    alpha_low: float = Field(gt=0)  # low background: confident foreground (PSA)
+    alpha_high: float = Field(gt=0)  # high background: confident background (PSA)
 
 
 class PSA(Section):
-    backbone: str = "resnet18"
-    pretrained: str = "none"
-    crop_size: int = Field(96, ge=16)
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    embed_dim: int = Field(128, ge=1)  # AffinityNet embedding channels
-    radius: int = Field(5, ge=2)
-    feature_stride: int = Field(4, ge=1)
-    alpha: float = Field(16, gt=0)  # background channel (1 - max)^alpha of the random-walk input
-    beta: float = Field(8, gt=0)
-    logt: int = Field(4, ge=0)  # t = 2^logt walk steps (the reference: 8 at stride 8 on VOC-sized images)
-    amp: bool = True  # used on CUDA only
-    seed: int = 0
+    backbone: str
+    pretrained: str
+    crop_size: int = Field(ge=16)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    embed_dim: int = Field(ge=1)  # AffinityNet embedding channels
+    radius: int = Field(ge=2)
+    feature_stride: int = Field(ge=1)
+    alpha: float = Field(gt=0)  # background channel (1 - max)^alpha of the random-walk input
+    beta: float = Field(gt=0)
+    logt: int = Field(ge=0)  # t = 2^logt walk steps (the reference: 8 at stride 8 on VOC-sized images)
+    amp: bool  # used on CUDA only
+    seed: int
 
 
 class Pseudo(Section):
-    source: Literal["cam", "avg", "aream", "first_k", "par", "crf", "psa"] = "psa"
-    alpha1: float = Field(0.25, gt=0, lt=1)
-    alpha2: float = Field(0.7, gt=0, lt=1)
+    source: Literal["cam", "avg", "aream", "first_k", "par", "crf", "psa"]
+    alpha1: float = Field(gt=0, lt=1)
+    alpha2: float = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
     def _alphas(self) -> "Pseudo":
@@ -239,25 +251,25 @@ class Pseudo(Section):
 
 
 class Seg(Section):
-    labels: Literal["pseudo", "gt"] = "pseudo"
-    arch: Literal["deeplabv3plus", "deeplabv3", "deeplabv2"] = "deeplabv3plus"
-    encoder: str = "resnet18"
-    encoder_weights: str = "none"  # none | imagenet | path/to/weights.pth
-    output_stride: Literal[0, 8, 16] = 0  # 0 = the architecture's default (v3+: 16, v3 / v2: 8)
-    decoder_channels: int = Field(256, ge=8)  # ASPP / decoder width (deeplabv3plus, deeplabv3)
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(16, ge=2)  # global batch (split over DDP processes)
-    optimizer: Literal["sgd", "adamw"] = "adamw"  # sgd (DeepLab recipe) | adamw (faster from scratch)
-    lr: float = Field(1e-3, gt=0)
-    head_lr_mult: float = Field(1.0, gt=0)  # decoder / classifier learning-rate multiplier
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    poly_power: float = Field(0.9, ge=0)
-    crop_size: int = Field(96, ge=16)
-    scale_range: list[float] = Field([0.75, 1.5], min_length=2, max_length=2)
-    hflip: bool = True
-    amp: bool = True
-    seed: int = 0
+    labels: Literal["pseudo", "gt"]
+    arch: Literal["deeplabv3plus", "deeplabv3", "deeplabv2"]
+    encoder: str
+    encoder_weights: str  # none | imagenet | path/to/weights.pth
+    output_stride: Literal[0, 8, 16]  # 0 = the architecture's default (v3+: 16, v3 / v2: 8)
+    decoder_channels: int = Field(ge=8)  # ASPP / decoder width (deeplabv3plus, deeplabv3)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)  # global batch (split over DDP processes)
+    optimizer: Literal["sgd", "adamw"]  # sgd (DeepLab recipe) | adamw (faster from scratch)
+    lr: float = Field(gt=0)
+    head_lr_mult: float = Field(gt=0)  # decoder / classifier learning-rate multiplier
+    weight_decay: float = Field(ge=0)
+    momentum: float = Field(ge=0, lt=1)
+    poly_power: float = Field(ge=0)
+    crop_size: int = Field(ge=16)
+    scale_range: list[float] = Field(min_length=2, max_length=2)
+    hflip: bool
+    amp: bool
+    seed: int
 
     @model_validator(mode="after")
     def _scales(self) -> "Seg":
@@ -267,20 +279,20 @@ class Seg(Section):
 
 
 class UpperBound(Section):
-    enabled: bool = True  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
+    enabled: bool  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
 
 
 class EvalCRF(CRFKernels):
     """Test-time dense CRF on the segmenter's probabilities (DeepLab-style; its own kernels, so that a
     pseudo-label CRF edit does not rerun evaluation)."""
-    enabled: bool = False
+    enabled: bool
 
 
 class Eval(Section):
-    scales: list[float] = Field([1.0], min_length=1)
-    flip: bool = True
-    crf: EvalCRF = EvalCRF()
-    num_overlays: int = Field(6, ge=0)
+    scales: list[float] = Field(min_length=1)
+    flip: bool
+    crf: EvalCRF
+    num_overlays: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _scales(self) -> "Eval":
@@ -290,21 +302,21 @@ class Eval(Section):
 
 
 class Params(Section):
-    runtime: Runtime = Runtime()
-    dataset: Dataset = Dataset()
-    classifier: Classifier = Classifier()
-    train_cls: TrainCls = TrainCls()
-    aream: AReAM = AReAM()
-    par: PAR = PAR()
-    cams: Cams = Cams()
-    analysis: Analysis = Analysis()
-    post: Post = Post()
-    crf: CRF = CRF()
-    psa: PSA = PSA()
-    pseudo: Pseudo = Pseudo()
-    seg: Seg = Seg()
-    upper_bound: UpperBound = UpperBound()
-    eval: Eval = Eval()
+    runtime: Runtime
+    dataset: Dataset
+    classifier: Classifier
+    train_cls: TrainCls
+    aream: AReAM
+    par: PAR
+    cams: Cams
+    analysis: Analysis
+    post: Post
+    crf: CRF
+    psa: PSA
+    pseudo: Pseudo
+    seg: Seg
+    upper_bound: UpperBound
+    eval: Eval
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,8 +329,10 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params.yaml)"
+        elif e["type"] == "missing":
+            msg = "missing (every key must be set; the repository's params.yaml lists them all)"
         got = e.get("input")
-        shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{key}: {msg}{shown}")
     return f"{source}: invalid parameter " + "; ".join(lines)
 
@@ -366,6 +380,12 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -
     return parse_params(raw, str(path.name))
 
 
+@functools.lru_cache(maxsize=1)
+def defaults() -> Params:
+    """The repository's params.yaml: the default value of every parameter (read once per process)."""
+    return load_params(PARAMS_FILE)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists are leaves)."""
     out: dict[str, Any] = {}
@@ -384,7 +404,7 @@ def profile_overrides(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
         known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
         raise ConfigError(f"profile {name!r} not found in {profiles_dir} (known: {', '.join(known)})")
     raw = read_yaml(path)
-    parse_params(raw, str(path.name))  # every key of a profile must be a real parameter
+    parse_params(deep_merge(read_yaml(PARAMS_FILE), raw), str(path.name))  # every key must be a real parameter
     return raw
 
 

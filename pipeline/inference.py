@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import CRFKernels
+
 
 def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1] on ``device``."""
@@ -56,21 +58,18 @@ def predict_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[float]
     return total / count
 
 
-def crf_refine(image: np.ndarray, probs: np.ndarray, crf_kwargs: dict) -> np.ndarray:
-    """Dense CRF on network probabilities: image (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32.
-
-    ``crf_kwargs``: keyword arguments of :func:`pipeline.postprocess.crf.crf_inference`
-    (``crf_params(params.eval.crf)``).
-    """
+def crf_refine(image: np.ndarray, probs: np.ndarray, kernels: CRFKernels) -> np.ndarray:
+    """Dense CRF on network probabilities: image (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32,
+    with the kernels of ``kernels`` (``params.eval.crf``)."""
     from pipeline.postprocess.crf import crf_inference
 
-    return crf_inference(image, np.asarray(probs, np.float32), **crf_kwargs)
+    return crf_inference(image, np.asarray(probs, np.float32), kernels)
 
 
-def crf_label(item: tuple[np.ndarray, np.ndarray], crf_kwargs: dict) -> np.ndarray:
+def crf_label(item: tuple[np.ndarray, np.ndarray], kernels: CRFKernels) -> np.ndarray:
     """Picklable per-image job: (image (H, W, 3) uint8, probs (C, H, W)) -> CRF argmax (H, W) uint8."""
     image, probs = item
-    return crf_refine(image, probs, crf_kwargs).argmax(0).astype(np.uint8)
+    return crf_refine(image, probs, kernels).argmax(0).astype(np.uint8)
 
 
 def to_label(probs: torch.Tensor | np.ndarray) -> np.ndarray:

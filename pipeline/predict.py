@@ -53,7 +53,7 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
                   flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
     of the images that could not be read (they are skipped)."""
-    from pipeline.config import EvalCRF
+    from pipeline.config import defaults
     from pipeline.device import resolve_device
     from pipeline.inference import crf_refine, image_tensor, predict_probs, to_label
     from pipeline.io import DataError, read_rgb, write_label_png, write_rgb
@@ -62,11 +62,7 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
 
     dev = resolve_device(device)
     model = load_segmenter(model_path, dev)
-    crf_kwargs = None
-    if crf:
-        from pipeline.postprocess.crf import crf_params
-
-        crf_kwargs = crf_params(EvalCRF())
+    kernels = defaults().eval.crf if crf else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -78,8 +74,8 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
                 errors.append(str(err))
                 continue
             probs = predict_probs(model, image_tensor(image, dev), scales, flip, amp=dev.type == "cuda")
-            if crf_kwargs is not None:
-                label = to_label(crf_refine(image, probs[0].cpu().numpy(), crf_kwargs))
+            if kernels is not None:
+                label = to_label(crf_refine(image, probs[0].cpu().numpy(), kernels))
             else:
                 label = to_label(probs)
             write_label_png(out / f"{f.stem}.png", label)

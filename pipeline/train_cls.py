@@ -49,12 +49,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.aream import (affinity_labels, affinity_loss, layer_entropy, normalize_cams, reactivated_affinity,
                             reactivation_weights, refine_cams)
-from pipeline.config import Params
+from pipeline.config import PAR, AReAM, Classifier, TrainCls
 from pipeline.data.manifest import multi_hot
 from pipeline.io import read_rgb
 from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
 from pipeline.postprocess.labels import pseudo_labels
-from pipeline.postprocess.par import par_kwargs, par_refine
+from pipeline.postprocess.par import par_refine
 from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, rng_states, set_rng_states,
                                unwrap, wrap)
 
@@ -174,11 +174,10 @@ def present_channels(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Tensor, params: Params,
+def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Tensor, a: AReAM, par: PAR,
                   fixed: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """Steps 2-3 of the module docstring. Returns (aff_labels (B, N, N) uint8, w (B, L), w_hat (B, L),
-    token labels (B, h, w))."""
-    a = params.aream
+    """Steps 2-3 of the module docstring with the ``aream`` and ``par`` params sections. Returns
+    (aff_labels (B, N, N) uint8, w (B, L), w_hat (B, L), token labels (B, h, w))."""
     cams = normalize_cams(out.cam.float() * targets[:, :, None, None])
     attn = out.attn.float()
     n_layers = attn.shape[1]
@@ -192,7 +191,7 @@ def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Te
     size = (max(1, round(images.shape[-2] * a.par_scale)), max(1, round(images.shape[-1] * a.par_scale)))
     scores = F.interpolate(present_channels(m_hat, targets), size=size, mode="bilinear", align_corners=False)
     small = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    scores = par_refine(small, scores, **par_kwargs(params.par))
+    scores = par_refine(small, scores, par)
     if scores.shape[1] == 0:
         labels = torch.zeros(scores.shape[0], *size, dtype=torch.int64, device=scores.device)
     else:
@@ -201,14 +200,38 @@ def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Te
     return affinity_labels(token_labels), w, w_hat, token_labels
 
 
+@dataclass
+class StepLosses:
+    total: torch.Tensor  # Eq. 20: L_cls + lambda L_aff (L_cls alone before AReAM starts)
+    cls: torch.Tensor
+    aff: torch.Tensor | None  # None while AReAM is off
+    w_hat: torch.Tensor | None  # (B, L) counterpart weights of the step's images
+
+
+def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, a: AReAM, par: PAR, aream_on: bool,
+                autocast=contextlib.nullcontext, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepLosses:
+    """The forward pass and losses of one training step (the loss the classifier's loop and its benchmark
+    differentiate): L_cls, and with AReAM on the affinity labels, Eq. 18 on the last ``loss_layers`` layers
+    and Eq. 20."""
+    with autocast():
+        out = net(images, capture=aream_on, with_cam=aream_on)
+    loss_cls = classification_loss(out, targets)
+    if not aream_on:
+        return StepLosses(loss_cls, loss_cls, None, None)
+    aff, _, w_hat, _ = aream_targets(out, images, targets, a, par, fixed)
+    k_loss = min(a.loss_layers, w_hat.shape[1]) if a.loss_layers else w_hat.shape[1]
+    loss_aff = affinity_loss(out.attn_logits[:, -k_loss:], aff, w_hat[:, -k_loss:])
+    return StepLosses(loss_cls + a.lam * loss_aff, loss_cls, loss_aff, w_hat)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimisation
 # ---------------------------------------------------------------------------------------------
 
 
-def build_optimizer(model: nn.Module, params: Params) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9); no weight decay on biases, norms, tokens and position embeddings."""
-    t = params.train_cls
+def build_optimizer(model: nn.Module, t: TrainCls) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9) as ``t`` (the ``train_cls`` section) says; no weight decay on biases,
+    norms, tokens and position embeddings."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -233,8 +256,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, pow
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, params: Params, steps_per_epoch: int):
-    t = params.train_cls
+def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainCls, steps_per_epoch: int):
+    """Per-step LambdaLR of :func:`lr_factor` for the ``train_cls`` section ``t``."""
     total, warm = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, t.schedule))
 
@@ -337,29 +360,30 @@ class TrainResult:
     finished: bool = False
 
 
-def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: Sequence[Any], num_classes: int,
-                     device: torch.device, resume: dict | None = None, callbacks: Callbacks | None = None,
-                     stop_after: int | None = None, loader_workers: int = 0,
+def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, train_samples: Sequence[Any],
+                     val_samples: Sequence[Any], num_classes: int, device: torch.device, *, resume: dict | None = None,
+                     callbacks: Callbacks | None = None, stop_after: int | None = None, loader_workers: int = 0,
                      dist: Distributed | None = None) -> TrainResult:
-    """Train (or continue from the checkpoint dict ``resume``) for ``train_cls.epochs`` epochs.
+    """Train the classifier ``model_cfg`` with the recipe ``t``, AReAM ``a`` and its PAR kernel ``par`` (the
+    ``classifier``, ``train_cls``, ``aream`` and ``par`` params sections), or continue from the checkpoint
+    dict ``resume``, for ``t.epochs`` epochs.
 
     ``stop_after``: return after this many epochs of this call (the run is then not finished; resuming
     from its last checkpoint continues it). Returns the (unwrapped) model and the per-epoch history.
     """
     cb = callbacks or Callbacks()
     dist = dist or Distributed()
-    t, a = params.train_cls, params.aream
     if not resume:
         from pipeline.device import seed_everything
 
         seed_everything(t.seed)
-    model = build_classifier(params.classifier, num_classes).to(device)
-    optimizer = build_optimizer(model, params)
+    model = build_classifier(model_cfg, num_classes).to(device)
+    optimizer = build_optimizer(model, t)
     per_rank_batch = max(1, t.batch_size // dist.world_size)
-    train_set = ClassificationDataset(train_samples, num_classes, params.classifier.img_size, train=True,
+    train_set = ClassificationDataset(train_samples, num_classes, model_cfg.img_size, train=True,
                                       crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=t.seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
-    scheduler = build_scheduler(optimizer, params, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, t, steps_per_epoch)
     autocast, scaler = amp(device, t.amp)
     fixed, history, start = None, [], 0
     if resume:
@@ -373,9 +397,9 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
         set_rng_states(resume["rng"])
     net = wrap(model, dist, device)
     pin = device.type == "cuda"
-    val_loader = DataLoader(ClassificationDataset(val_samples, num_classes, params.classifier.img_size, train=False),
+    val_loader = DataLoader(ClassificationDataset(val_samples, num_classes, model_cfg.img_size, train=False),
                             batch_size=per_rank_batch, shuffle=False, num_workers=loader_workers, pin_memory=pin)
-    plain_train = ClassificationDataset(train_samples, num_classes, params.classifier.img_size, train=False)
+    plain_train = ClassificationDataset(train_samples, num_classes, model_cfg.img_size, train=False)
 
     result = TrainResult(model=model, history=history, epochs_run=0, finished=start >= t.epochs)
     for epoch in range(start, t.epochs):
@@ -396,21 +420,14 @@ def train_classifier(params: Params, train_samples: Sequence[Any], val_samples: 
         for images, targets in cb.progress(loader, desc=f"epoch {epoch + 1}/{t.epochs}", total=len(loader)):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            with autocast():
-                out = net(images, capture=aream_on, with_cam=aream_on)
-            loss_cls = classification_loss(out, targets)
-            loss = loss_cls
-            if aream_on:
-                aff, _, w_hat, _ = aream_targets(out, images, targets, params, fixed)
-                k_loss = min(a.loss_layers, w_hat.shape[1]) if a.loss_layers else w_hat.shape[1]
-                loss_aff = affinity_loss(out.attn_logits[:, -k_loss:], aff, w_hat[:, -k_loss:])
-                loss = loss + a.lam * loss_aff
-                sums["loss_aff"] += float(loss_aff.detach())
-                w_hat_sum = w_hat.sum(0) if w_hat_sum is None else w_hat_sum + w_hat.sum(0)
+            step = step_losses(net, images, targets, a, par, aream_on, autocast, fixed)
+            if step.aff is not None:
+                sums["loss_aff"] += float(step.aff.detach())
+                w_hat_sum = step.w_hat.sum(0) if w_hat_sum is None else w_hat_sum + step.w_hat.sum(0)
                 n_aff += 1
-            backward_step(loss, optimizer, scaler)
+            backward_step(step.total, optimizer, scaler)
             scheduler.step()
-            sums["loss_cls"] += float(loss_cls.detach())
+            sums["loss_cls"] += float(step.cls.detach())
             n_steps += 1
             n_images += images.shape[0]
         seconds = time.perf_counter() - started

@@ -108,6 +108,19 @@ def all_reduce_sum(values: torch.Tensor, dist: Distributed, device: torch.device
     return on_device.cpu()
 
 
+def gather_shards(local: list, num_items: int, dist: Distributed) -> list:
+    """Per-item results computed as ``items[rank::world_size]`` by every process -> the results of all
+    ``num_items`` items, in item order, on every process (picklable objects; one all-gather)."""
+    if dist.world_size <= 1:
+        return list(local)
+    shards: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(shards, list(local))
+    out: list = [None] * num_items
+    for rank, shard in enumerate(shards):
+        out[rank::dist.world_size] = shard
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # order, precision, randomness
 # ---------------------------------------------------------------------------------------------

@@ -70,11 +70,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
         raise DataError(f"{model_path}: the model predicts {model.num_classes} classes but the manifest has "
                         f"{num_classes} (background included); rerun {stage}")
     class_names = list(manifest.class_names)
-    crf_kwargs = None
-    if cfg.crf.enabled:
-        from pipeline.postprocess.crf import crf_params
-
-        crf_kwargs = crf_params(cfg.crf)
+    kernels = cfg.crf if cfg.crf.enabled else None
     conf = np.zeros((num_classes, num_classes), np.int64)
     start = time.perf_counter()
     chunk = max(8, 8 * num_workers(params.runtime)) if cfg.crf.enabled else 1
@@ -90,10 +86,10 @@ def run(params: Params, upper_bound: bool = False) -> None:
                 p = predict_probs(model, image_tensor(image, device), cfg.scales, cfg.flip, amp=device.type == "cuda")
                 images.append(image)
                 masks.append(mask)
-                probs.append(p[0].cpu().numpy().astype(np.float16) if crf_kwargs else to_label(p))
+                probs.append(p[0].cpu().numpy().astype(np.float16) if kernels else to_label(p))
                 bar.update(1)
-            if crf_kwargs is not None:
-                preds = map_items(functools.partial(crf_label, crf_kwargs=crf_kwargs), list(zip(images, probs)),
+            if kernels is not None:
+                preds = map_items(functools.partial(crf_label, kernels=kernels), list(zip(images, probs)),
                                   params.runtime, desc="dense CRF")
             else:
                 preds = probs

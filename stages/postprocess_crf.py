@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from pipeline.config import Params
-from pipeline.postprocess.crf import crf_params, crf_scores
+from pipeline.postprocess.crf import crf_scores
 from stages._cam_inputs import run_refinement
 from stages._common import stage_main
 
@@ -21,7 +21,7 @@ METHOD = "crf"
 
 
 def run(params: Params) -> None:
-    refine = functools.partial(crf_scores, alpha=params.crf.alpha, **crf_params(params.crf))
+    refine = functools.partial(crf_scores, alpha=params.crf.alpha, kernels=params.crf)
     run_refinement(METHOD, params, refine)
 
 

@@ -15,7 +15,7 @@ import functools
 
 from pipeline.config import Params
 from pipeline.device import resolve_device
-from pipeline.postprocess.par import par_kwargs, par_scores
+from pipeline.postprocess.par import par_scores
 from stages._cam_inputs import fan_out_runtime, run_refinement
 from stages._common import stage_main
 
@@ -25,7 +25,7 @@ METHOD = "par"
 def run(params: Params) -> None:
     device = resolve_device(params.runtime.device)
     runtime, threads = fan_out_runtime(params.runtime, device.type)
-    refine = functools.partial(par_scores, kwargs=par_kwargs(params.par), device=str(device))
+    refine = functools.partial(par_scores, cfg=params.par, device=str(device))
     run_refinement(METHOD, params, refine, runtime, threads)
 
 

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from pipeline.config import Params
+from pipeline.config import PSA, Params
 from pipeline.device import resolve_device
 from pipeline.io import DataError
 from pipeline.models.affinitynet import AffinityNet, load_affinitynet
@@ -32,19 +32,17 @@ def _model(path: str, device: str) -> AffinityNet:
     return load_affinitynet(path, device)
 
 
-def walk_one(image: np.ndarray, scores: np.ndarray, model_path: str, device: str, walk: dict) -> np.ndarray:
+def walk_one(image: np.ndarray, scores: np.ndarray, model_path: str, device: str, cfg: PSA) -> np.ndarray:
     """PSA scores of one image with the AffinityNet at ``model_path`` (loaded once per process)."""
-    return psa_scores(_model(model_path, device), image, scores, **walk)
+    return psa_scores(_model(model_path, device), image, scores, cfg)
 
 
 def run(params: Params) -> None:
     device = resolve_device(params.runtime.device)
     if not MODEL.is_file():
         raise DataError(f"{MODEL}: AffinityNet weights not found (run the train_psa stage first)")
-    cfg = params.psa
-    walk = dict(radius=cfg.radius, alpha=cfg.alpha, beta=cfg.beta, logt=cfg.logt)
     runtime, threads = fan_out_runtime(params.runtime, device.type)
-    refine = functools.partial(walk_one, model_path=str(MODEL), device=str(device), walk=walk)
+    refine = functools.partial(walk_one, model_path=str(MODEL), device=str(device), cfg=params.psa)
     run_refinement(METHOD, params, refine, runtime, threads)
 
 

@@ -89,9 +89,9 @@ def run(params: Params, stop_after: int | None = None) -> None:
     callbacks = Callbacks(checkpoint=checkpoint.save, log=on_epoch,
                           progress=lambda it, desc="", total=None: progress(it, desc, total, dist.is_main))
     try:
-        result = train_classifier(params, train, val, manifest.num_classes, device, resume=resume,
-                                  callbacks=callbacks, stop_after=stop_after,
-                                  loader_workers=params.runtime.loader_workers, dist=dist)
+        result = train_classifier(params.classifier, params.train_cls, params.aream, params.par, train, val,
+                                  manifest.num_classes, device, resume=resume, callbacks=callbacks,
+                                  stop_after=stop_after, loader_workers=params.runtime.loader_workers, dist=dist)
     finally:
         if curves is not None:
             curves.end()

@@ -22,17 +22,17 @@ import math
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, Params, params_hash, weights_file
+from pipeline.config import CRF, ConfigError, Params, params_hash, weights_file
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import cpu_count
 from pipeline.io import read_label_png, read_rgb, write_json
 from pipeline.models.affinitynet import save_affinitynet
 from pipeline.parallel import map_items
-from pipeline.postprocess.crf import background_probs, crf_inference, crf_params
+from pipeline.postprocess.crf import background_probs, crf_inference
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_labels
 from pipeline.train_affinity import SUMMED, train_affinitynet
-from pipeline.training import Checkpoint, Curves, setup_distributed, teardown
+from pipeline.training import Checkpoint, Curves, gather_shards, setup_distributed, teardown
 from stages._cam_inputs import load_cam_inputs
 from stages._common import AFFINITYNET, AFFINITYNET_CKPT, MANIFEST, PREPARED, REPORTS, stage_main
 from stages._resume import run_tag
@@ -45,15 +45,14 @@ LIVE_DIR = REPORT_DIR / "live"
 CURVES = (*SUMMED, "lr")
 
 
-def confident_one(sample: Sample, variant: str, alpha_low: float, alpha_high: float, crf_kwargs: dict,
-                  num_classes: int) -> tuple[np.ndarray, dict | None]:
+def confident_one(sample: Sample, variant: str, crf: CRF, num_classes: int) -> tuple[np.ndarray, dict | None]:
     """Confident label map (H, W) uint8 of one image and its quality counts (None without a mask)."""
     image, keys, scores = load_cam_inputs(sample, variant)
     if len(keys) == 0:
         label = np.zeros(image.shape[:2], np.uint8)
     else:
-        post_low = crf_inference(image, background_probs(scores, alpha_low), **crf_kwargs)
-        post_high = crf_inference(image, background_probs(scores, alpha_high), **crf_kwargs)
+        post_low = crf_inference(image, background_probs(scores, crf.alpha_low), crf)
+        post_high = crf_inference(image, background_probs(scores, crf.alpha_high), crf)
         label = confident_labels(post_low, post_high, keys)
     if sample.mask is None:
         return label, None
@@ -81,10 +80,11 @@ def run(params: Params) -> None:
     samples = manifest.split("train")
     num_classes = manifest.num_classes + 1
 
-    fn = functools.partial(confident_one, variant=params.post.cam_variant, alpha_low=params.crf.alpha_low,
-                           alpha_high=params.crf.alpha_high, crf_kwargs=crf_params(params.crf),
-                           num_classes=num_classes)
-    results = map_items(fn, samples, params.runtime, desc="confident regions")
+    dist, device = setup_distributed(params.runtime.device)
+    # the dense CRFs of the confident regions: each process takes every world_size-th image
+    fn = functools.partial(confident_one, variant=params.post.cam_variant, crf=params.crf, num_classes=num_classes)
+    mine = map_items(fn, samples[dist.rank::dist.world_size], params.runtime, desc="confident regions")
+    results = gather_shards(mine, len(samples), dist)
     labels = [r[0] for r in results]
     conf, ignored, labelled = np.zeros((num_classes, num_classes), np.int64), 0, 0
     for _, q in results:
@@ -94,8 +94,6 @@ def run(params: Params) -> None:
             labelled += q["labelled"]
     quality = summarize_quality(conf, ignored, labelled)
     images = [read_rgb(s.image) for s in samples]
-
-    dist, device = setup_distributed(params.runtime.device)
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
     tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "device": device.type, "world": dist.world_size,

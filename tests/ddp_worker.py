@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import PSA, Seg, parse_params  # noqa: E402
+from pipeline.config import defaults, load_params  # noqa: E402
 from pipeline.data.manifest import Sample  # noqa: E402
 from pipeline.training import setup_distributed, teardown, unwrap  # noqa: E402
 
@@ -51,6 +51,7 @@ def main(which: str, out: Path) -> None:
     torch.set_num_threads(1)
     dist, device = setup_distributed("cpu")
     data = squares(9)  # 9 samples over 2 processes: the order must be padded to 10
+    extra: dict = {}
     if which == "classifier":
         from PIL import Image
 
@@ -63,31 +64,36 @@ def main(which: str, out: Path) -> None:
                 Image.fromarray(image).save(path)
             samples.append(Sample(f"img{i}", str(path), None, tuple(sorted(set(np.unique(label).tolist()) - {0}))))
         torch.distributed.barrier()
-        params = parse_params({"runtime": {"device": "cpu"},
+        params = load_params(overrides={"runtime": {"device": "cpu"},
                                "classifier": {"img_size": 32, "patch_size": 8, "depth": 2, "cam_layers": 1},
                                "train_cls": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1},
                                "aream": {"start_epoch": 1, "par_scale": 1.0},
                                "par": {"dilations": [1, 2], "iterations": 2}})
-        result = train_classifier(params, samples, samples[:4], 3, device, dist=dist)
+        result = train_classifier(params.classifier, params.train_cls, params.aream, params.par, samples,
+                                  samples[:4], 3, device, dist=dist)
         model, finished = result.model, result.finished
     elif which == "segmenter":
         from pipeline.models.segmenter import build_segmenter
         from pipeline.train_seg import SegTrainSet, train_segmenter
         from pipeline.training import wrap
 
-        cfg = Seg(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, scale_range=[0.75, 1.25])
+        cfg = defaults().seg.replace(decoder_channels=16, crop_size=32, batch_size=4, epochs=2,
+                                     scale_range=[0.75, 1.25])
         model = build_segmenter(cfg, 4)
         history = train_segmenter(wrap(model, dist, device), SegTrainSet(data, cfg), cfg, device, dist=dist,
                                   progress=False)
         finished = len(history) == cfg.epochs
     else:
         from pipeline.train_affinity import train_affinitynet
+        from pipeline.training import gather_shards
 
-        cfg = PSA(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
+        # train_psa's confident regions: every process labels every 2nd image, all get the whole list
+        extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::2], 9, dist) == [i * i for i in range(9)]
+        cfg = defaults().psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
         model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, dist=dist,
                                            progress=False)
         finished = len(history) == cfg.epochs
-    (out / f"rank{dist.rank}.json").write_text(json.dumps({"finished": finished, "digest": digest(model)}))
+    (out / f"rank{dist.rank}.json").write_text(json.dumps({"finished": finished, "digest": digest(model), **extra}))
     teardown(dist)
 
 

@@ -15,7 +15,7 @@ from pipeline.aream import (average_affinity, first_k_affinity, layer_entropy, r
                             reactivation_weights, refine_cams)
 from pipeline.cams import (gather_classes, infer_cams, input_side, load_cam_scores, normalize_maps, normalize_max,
                            output_size, pack_cams, refine_variants, resize_images, variant_affinities)
-from pipeline.config import Cams, Runtime
+from pipeline.config import defaults
 from pipeline.data.manifest import Sample
 from pipeline.io import read_npz, write_label_png, write_rgb
 from pipeline.metrics import ThresholdSweep
@@ -154,10 +154,9 @@ def test_hand_computed_refinement():
 
 
 def _infer(model, images, labels, **kw):
-    args = dict(img_size=32, patch_size=8, scales=[1.0], flip=False,
-                variants=["cam", "avg", "aream", "first_k"], first_k=2, stride=4)
-    args.update(kw)
-    return infer_cams(model, images, labels, **args)
+    cfg = defaults().cams.replace(**{**dict(scales=[1.0], flip=False, variants=["cam", "avg", "aream", "first_k"],
+                                            first_k=2, stride=4, normalize="minmax"), **kw})
+    return infer_cams(model, images, labels, cfg, img_size=32, patch_size=8)
 
 
 def test_flip_equivariant_model_gives_the_same_cams_with_and_without_flip():
@@ -301,7 +300,7 @@ def test_export_resumes_and_wipes_stale_files(tmp_path):
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
-    cfg = Cams(scales=[1.0], flip=True, first_k=2, batch_size=2)
+    cfg = defaults().cams.replace(scales=[1.0], flip=True, first_k=2, batch_size=2)
     kw = dict(img_size=32, patch_size=8, device=torch.device("cpu"))
     tag = {"v": 1}
     assert prepare_out_dir(out, tag, {s.id for s in samples}) == 0
@@ -328,9 +327,9 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
     samples = _dataset(tmp_path)
     oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
     out = tmp_path / "cams"
-    cfg = Cams(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
+    cfg = defaults().cams.replace(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
     export_cams(oracle, samples, out, cfg, img_size=64, patch_size=4, device=torch.device("cpu"))
-    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.05], 3, Runtime(task_runner="serial"))
+    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.05], 3, defaults().runtime.replace(task_runner="serial"))
     assert res["cam"]["best_miou"] > 0.85, res["cam"]["best_miou"]
     assert 0.2 <= res["cam"]["best_threshold"] <= 0.8
 
@@ -340,9 +339,9 @@ def test_cam_quality_and_csv(tmp_path):
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
-    cfg = Cams(scales=[1.0], flip=False, first_k=2)
+    cfg = defaults().cams.replace(scales=[1.0], flip=False, first_k=2)
     export_cams(FakeViT(), samples, out, cfg, img_size=32, patch_size=8, device=torch.device("cpu"))
-    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.1], 3, Runtime(task_runner="serial"))
+    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.1], 3, defaults().runtime.replace(task_runner="serial"))
     assert set(res) == set(cfg.variants)
     for r in res.values():
         assert r["num_images"] == 4  # img0 has no mask

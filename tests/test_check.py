@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_params, parse_params
+from pipeline.config import ConfigError, load_params
 from pipeline.io import DataError, write_label_png, write_rgb
 from stages.check import run
 from stages._common import CHECKED
@@ -26,7 +26,7 @@ def _voc(base: Path, lists: dict[str, str] | None = None) -> Path:
 
 
 def _params(**sections):
-    return parse_params({"runtime": {"task_runner": "serial"}, **sections})
+    return load_params(overrides={"runtime": {"task_runner": "serial"}, **sections})
 
 
 def test_a_valid_setup_writes_the_same_bytes_whatever_the_valid_params(tmp_path, monkeypatch):

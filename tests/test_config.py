@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (ConfigError, deep_merge, load_params, parse_params, profile_overrides, read_yaml,
+from pipeline.config import (ConfigError, deep_merge, defaults, load_params, parse_params, profile_overrides, read_yaml,
                              set_args)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,24 @@ def test_repo_params_yaml_is_valid_and_complete():
 ])
 def test_bad_values_name_the_key(raw, key):
     with pytest.raises(ConfigError) as err:
-        parse_params(raw)
+        load_params(ROOT / "params.yaml", overrides=raw)
     assert key in str(err.value)
+
+
+def test_defaults_live_in_params_yaml_only(tmp_path):
+    """The schema has no default values: a key left out of params.yaml is an error that names it, and
+    code that needs defaults reads them from params.yaml."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["seg"]["lr"]
+    del raw["dataset"]["toy"]["seed"]
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert "seg.lr: missing" in str(err.value) and "dataset.toy.seed: missing" in str(err.value)
+    assert defaults() == load_params(ROOT / "params.yaml")
+    changed = defaults().seg.replace(lr=0.5)
+    assert changed.lr == 0.5 and changed.epochs == defaults().seg.epochs
+    with pytest.raises(ConfigError, match="lr"):
+        defaults().seg.replace(lr=-1)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from pipeline.config import CRF
-from pipeline.postprocess.crf import background_probs, crf_inference, crf_labels, crf_params, crf_scores
+from pipeline.config import defaults
+from pipeline.postprocess.crf import background_probs, crf_inference, crf_labels, crf_scores
 
+# the kernels these tests were written for (pinned, so an edit of params.yaml does not move them)
+KERNELS = defaults().crf.replace(gauss_sxy=3, gauss_compat=3, bi_sxy=80, bi_srgb=13, bi_compat=10, iterations=10)
 H, W, EDGE = 32, 48, 24  # red left of column 24, blue from it on
 
 
@@ -37,7 +39,7 @@ def test_crf_snaps_noisy_scores_to_the_colour_edge():
     img, scores = two_region_image(), noisy_scores()
     truth = np.where(np.arange(W) < EDGE, 1, 0)[None].repeat(H, 0)
     raw = (scores[0] > (1 - scores[0])).astype(int)  # argmax of [1 - s, s] without the CRF
-    post = crf_inference(img, np.concatenate([1 - scores, scores]), **crf_params(CRF()))
+    post = crf_inference(img, np.concatenate([1 - scores, scores]), KERNELS)
     assert post.shape == (2, H, W) and post.dtype == np.float32
     np.testing.assert_allclose(post.sum(0), 1.0, atol=1e-4)  # a distribution per pixel
     refined = post.argmax(0)
@@ -52,9 +54,9 @@ def test_crf_snaps_noisy_scores_to_the_colour_edge():
 def test_crf_scores_and_labels_use_class_ids():
     img = two_region_image()
     scores = np.stack([noisy_scores(1)[0], 1 - noisy_scores(2, shift=0)[0]]) * 0.9  # red class, blue class
-    fg = crf_scores(img, scores, alpha=1, **crf_params(CRF()))
+    fg = crf_scores(img, scores, alpha=1, kernels=KERNELS)
     assert fg.shape == scores.shape and fg.min() >= 0 and fg.max() <= 1
-    labels = crf_labels(img, scores, np.array([7, 12]), alpha=1, **crf_params(CRF()))
+    labels = crf_labels(img, scores, np.array([7, 12]), alpha=1, kernels=KERNELS)
     assert set(np.unique(labels)) <= {0, 7, 12}
     assert (labels[:, :EDGE - 2] == 7).mean() > 0.95 and (labels[:, EDGE + 2:] == 12).mean() > 0.95
 
@@ -63,9 +65,9 @@ def test_crf_accepts_non_contiguous_inputs_and_checks_sizes():
     img = two_region_image()[:, ::-1]  # negative strides
     scores = noisy_scores()[:, :, ::-1]
     probs = np.concatenate([1 - scores, scores])
-    post = crf_inference(img, probs, iterations=2)
+    post = crf_inference(img, probs, KERNELS.replace(iterations=2))
     assert post.shape == (2, H, W)
     with pytest.raises(ValueError, match="differ in size"):
-        crf_inference(img[:10], probs)
-    assert (crf_inference(img, probs[:1]) == 1).all()  # one label: nothing to decide
-    assert crf_scores(img, np.zeros((0, H, W), np.float32), alpha=8).shape == (0, H, W)
+        crf_inference(img[:10], probs, KERNELS)
+    assert (crf_inference(img, probs[:1], KERNELS) == 1).all()  # one label: nothing to decide
+    assert crf_scores(img, np.zeros((0, H, W), np.float32), alpha=8, kernels=KERNELS).shape == (0, H, W)

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.codedeps import closure
-from pipeline.config import Params, Seg
+from pipeline.config import Seg, defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +18,7 @@ def _stages() -> dict:
 
 
 def _resolves(dotted: str) -> bool:
-    node = Params()
+    node = defaults()
     for part in dotted.split("."):
         if not hasattr(node, part):
             return False

@@ -29,3 +29,5 @@ def test_two_processes_finish_and_agree(trainer, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(r["finished"] for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"]  # DDP kept the replicas identical
+    if trainer == "affinitynet":
+        assert ranks[0]["gathered"] and ranks[1]["gathered"]

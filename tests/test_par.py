@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pipeline.config import defaults
 from pipeline.postprocess.par import gather_neighbours, neighbour_offsets, par_kernel, par_refine
 
 
@@ -22,9 +23,14 @@ def test_neighbour_offsets_and_replicate_padding():
         neighbour_offsets([0])
 
 
+def _cfg(**changes):
+    """The PAR section with the kernel constants these hand computations assume (the paper's values)."""
+    return defaults().par.replace(**{"c_i": 0.3, "c_l": 0.3, "w_i": 1.0, "w_l": 0.01, **changes})
+
+
 def test_kernel_rows_sum_to_w_i_plus_w_l():
     torch.manual_seed(0)
-    kappa = par_kernel(torch.rand(2, 3, 9, 11), [1, 2, 4], w_i=1.0, w_l=0.01)
+    kappa = par_kernel(torch.rand(2, 3, 9, 11), [1, 2, 4], c_i=0.3, c_l=0.3, w_i=1.0, w_l=0.01)
     assert kappa.shape == (2, 24, 9, 11)
     assert torch.allclose(kappa.sum(dim=1), torch.full((2, 9, 11), 1.01), atol=1e-5)
     assert (kappa >= 0).all()
@@ -59,7 +65,7 @@ def test_one_iteration_by_hand():
     # Scores = the image: the centre gathers kappa * score over its neighbours; the four 1-valued
     # neighbours have kappa 0, 0.25 w_L, 0, 0.25 w_L -> 0.5 * w_L = 0.005.
     img = _hand_image()
-    out = par_refine(img, img[:, :1], c_i=0.3, c_l=0.3, w_i=1.0, w_l=0.01, dilations=[1], iterations=1)
+    out = par_refine(img, img[:, :1], _cfg(dilations=[1], iterations=1))
     assert out.shape == (1, 1, 3, 3)
     assert abs(out[0, 0, 1, 1].item() - 0.005) < 1e-9
 
@@ -73,7 +79,7 @@ def test_two_regions_do_not_bleed_across_the_edge():
     clean = torch.full((1, 1, h, w), 0.1)
     clean[..., :w // 2] = 0.8
     noisy = clean + 0.15 * torch.randn_like(clean)
-    out = par_refine(img, noisy, dilations=[1, 2, 4], iterations=10)
+    out = par_refine(img, noisy, _cfg(dilations=[1, 2, 4], iterations=10))
     left, right = out[..., :w // 2], out[..., w // 2:]
     assert left.min() > right.max() + 0.4  # still two regions, the edge sharp
     assert left.std() < noisy[..., :w // 2].std() / 3  # smoothed within each region
@@ -81,7 +87,7 @@ def test_two_regions_do_not_bleed_across_the_edge():
     assert abs(left.mean().item() - noisy[..., :w // 2].mean().item() * scale) < 0.05
     assert abs(right.mean().item() - noisy[..., w // 2:].mean().item() * scale) < 0.05
     # an averaging filter that ignores the image would blur the edge: the columns next to it mix
-    blur = par_refine(torch.zeros_like(img), noisy, dilations=[1, 2, 4], iterations=10)
+    blur = par_refine(torch.zeros_like(img), noisy, _cfg(dilations=[1, 2, 4], iterations=10))
     assert blur[..., w // 2 - 1].mean() - blur[..., w // 2].mean() < 0.4
 
 
@@ -90,17 +96,17 @@ def test_background_channel_and_zero_channels():
     img = torch.rand(2, 3, 8, 8)
     scores = torch.rand(2, 3, 8, 8)
     scores[:, 2] = 0  # an absent class stays zero
-    out = par_refine(img, scores, dilations=[1, 2], iterations=3)
+    out = par_refine(img, scores, _cfg(dilations=[1, 2], iterations=3))
     assert out.shape == (2, 3, 8, 8) and out.dtype == torch.float32
     assert out[:, 2].abs().max() == 0
     # channels are refined independently: channel 0 alone gives the same result
-    alone = par_refine(img, scores[:, :1], dilations=[1, 2], iterations=3)
+    alone = par_refine(img, scores[:, :1], _cfg(dilations=[1, 2], iterations=3))
     assert torch.allclose(alone, out[:, :1], atol=1e-6)
-    assert par_refine(img, scores[:, :0]).shape == (2, 0, 8, 8)
+    assert par_refine(img, scores[:, :0], _cfg()).shape == (2, 0, 8, 8)
     with pytest.raises(ValueError):
-        par_refine(img, torch.rand(2, 1, 4, 4))
+        par_refine(img, torch.rand(2, 1, 4, 4), _cfg())
 
 
 def test_dilations_larger_than_the_image_are_fine():
-    out = par_refine(torch.rand(1, 3, 5, 5), torch.rand(1, 2, 5, 5), dilations=[1, 24], iterations=2)
+    out = par_refine(torch.rand(1, 3, 5, 5), torch.rand(1, 2, 5, 5), _cfg(dilations=[1, 24], iterations=2))
     assert torch.isfinite(out).all()

@@ -258,7 +258,7 @@ def test_replaced_weights_at_the_same_path_are_seen(external_repo):
     repo, _ = external_repo
     make = ("import sys, torch; from pipeline.config import Seg; from pipeline.models.segmenter import "
             "build_segmenter; torch.manual_seed(int(sys.argv[1])); "
-            "torch.save(build_segmenter(Seg(), 7).net.encoder.state_dict(), 'weights/r18.pth')")
+            "torch.save(build_segmenter(defaults().seg, 7).net.encoder.state_dict(), 'weights/r18.pth')")
     _run([str(BIN / "python"), "-c", make, "1"], repo)
     _edit_params(repo, "seg", "encoder_weights", "r18.pth")
     _edit_params(repo, "seg", "epochs", 1)

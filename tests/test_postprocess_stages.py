@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import parse_params
+from pipeline.config import load_params
 from pipeline.data.manifest import Manifest, Sample
 from pipeline.io import DataError, read_label_png, read_npz, write_json, write_label_png, write_npz, write_rgb
 
@@ -62,7 +62,7 @@ def tiny_params(**sections):
                    "radius": 3, "logt": 3}}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
-    return parse_params(raw)
+    return load_params(overrides=raw)
 
 
 def check_scores(root, method: str) -> None:

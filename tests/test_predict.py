@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import Seg
+from pipeline.config import defaults
 from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.palette import voc_palette
 from pipeline.predict import collect_inputs, main
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def model_path(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_segmenter(build_segmenter(Seg(decoder_channels=16), 4), path, ["background", "a", "b", "c"])
+    save_segmenter(build_segmenter(defaults().seg.replace(decoder_channels=16), 4), path, ["background", "a", "b", "c"])
     return path
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, parse_params
+from pipeline.config import ConfigError, load_params
 from pipeline.data.manifest import labels_from_mask, load_manifest
 from pipeline.data.toyvoc import toy_class_names
 from pipeline.data.voc import VOC_CLASSES
@@ -18,7 +18,7 @@ TOY = {"num_classes": 4, "num_train": 6, "num_val": 3, "min_size": 48, "max_size
 
 
 def _params(**dataset):
-    return parse_params({"runtime": {"task_runner": "serial"}, "dataset": dataset})
+    return load_params(overrides={"runtime": {"task_runner": "serial"}, "dataset": dataset})
 
 
 def _voc_tree(base: Path) -> Path:

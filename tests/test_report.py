@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.config import Params
+from pipeline.config import defaults
 from stages.report import build_report, table_one
 
 
@@ -21,7 +21,7 @@ def test_report_with_upper_bound_fraction(tmp_path):
     for stage, miou in (("evaluate", 0.4), ("evaluate_gt", 0.5)):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "metrics.json").write_text(json.dumps({"miou": miou, "pixel_acc": 0.9}))
-    text = build_report(Params(), tmp_path)
+    text = build_report(defaults(), tmp_path)
     assert "| trained on `pseudo` labels | 40.0 | 90.0 |" in text
     assert "| trained on ground truth (fully supervised bound) | 50.0 | 90.0 |" in text
     assert "reaches 0.80 of the fully supervised bound" in text
@@ -31,5 +31,5 @@ def test_report_with_upper_bound_fraction(tmp_path):
 def test_report_without_upper_bound_has_no_fraction(tmp_path):
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"miou": 0.4}))
-    text = build_report(Params(), tmp_path)
+    text = build_report(defaults(), tmp_path)
     assert "| 40.0 |" in text and "fully supervised" not in text

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import Runtime, ToySpec
+from pipeline.config import defaults
 from pipeline.data.manifest import labels_from_mask
 from pipeline.data.toyvoc import (TOY_CLASS_NAMES, _design, body_group, boundary_band, generate_toyvoc,
                                   num_body_groups, render_sample, toy_class_names)
 from pipeline.palette import voc_palette
 from pipeline.parallel import map_items
 
-SMALL = ToySpec(num_classes=6, num_train=6, num_val=3, min_size=48, max_size=72, max_objects=3, seed=3)
+SMALL = defaults().dataset.toy.replace(num_classes=6, num_train=6, num_val=3, min_size=48, max_size=72, max_objects=3,
+                                       seed=3)
 
 
 def _files(root):
@@ -28,7 +29,7 @@ def test_same_spec_gives_byte_identical_files(tmp_path):
 
 def test_parallel_generation_matches_serial(tmp_path):
     generate_toyvoc(tmp_path / "serial", SMALL)
-    runtime = Runtime(task_runner="process", workers=2)
+    runtime = defaults().runtime.replace(task_runner="process", workers=2)
     generate_toyvoc(tmp_path / "pool", SMALL, lambda fn, items, desc: map_items(fn, items, runtime, desc))
     assert _files(tmp_path / "serial") == _files(tmp_path / "pool")
 
@@ -59,7 +60,8 @@ def test_voc_layout_and_palette_mode(tmp_path):
 
 
 def test_labels_values_counts_and_sizes_over_many_images():
-    spec = ToySpec(num_classes=20, num_train=40, num_val=2, min_size=64, max_size=112, max_objects=3)
+    spec = defaults().dataset.toy.replace(num_classes=20, num_train=40, num_val=2, min_size=64, max_size=112,
+                                          max_objects=3)
     counts, heights, widths = [], set(), set()
     for i in range(40):
         rgb, mask = render_sample(spec, "train", i)
@@ -101,7 +103,8 @@ def test_boundary_band_has_the_requested_width(width, expected):
 
 
 def test_part_is_small_and_body_is_most_of_the_mask():
-    spec = ToySpec(num_classes=6, min_size=96, max_size=128, max_objects=1, boundary=0, clutter=0)
+    spec = defaults().dataset.toy.replace(num_classes=6, min_size=96, max_size=128, max_objects=1, boundary=0,
+                                          clutter=0)
     fractions = []
     for i in range(8):
         rgb, mask = render_sample(spec, "train", i)

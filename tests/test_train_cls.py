@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import parse_params
+from pipeline.config import load_params
 from pipeline.training import Checkpoint
 from pipeline.models.vit import ClassifierOutput, build_classifier, load_classifier
 from pipeline.train_cls import (ClassificationDataset, aream_targets, average_precision, build_optimizer,
@@ -30,7 +30,7 @@ def tiny_params(**sections):
     raw = json.loads(json.dumps(TINY))
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return parse_params(raw)
+    return load_params(overrides=raw)
 
 
 def _write_images(root, split, n, seed):
@@ -124,7 +124,7 @@ def test_aream_targets_on_a_two_region_image():
                            attn=attn, attn_logits=None, grid=(h, w))
     image = torch.zeros(1, 3, 32, 32)
     image[..., 16:] = 2.0
-    aff, w_, w_hat, tokens = aream_targets(out, image, torch.tensor([[0.0, 1.0]]), params)
+    aff, w_, w_hat, tokens = aream_targets(out, image, torch.tensor([[0.0, 1.0]]), params.aream, params.par)
     assert torch.equal(w_hat, torch.zeros(1, 3)) and torch.equal(w_, torch.ones(1, 3))
     assert (tokens[0, :, :2] == 1).all() and (tokens[0, :, 2:] == 0).all()
     flat = tokens.flatten()
@@ -156,14 +156,14 @@ def test_a_few_steps_reduce_the_loss(tiny_manifest):
     torch.manual_seed(0)
     params = tiny_params(classifier={"drop_path": 0.0})
     model = build_classifier(params.classifier, 3).train()
-    opt = build_optimizer(model, params)
+    opt = build_optimizer(model, params.train_cls)
     ds = ClassificationDataset(tiny_manifest.split("train"), 3, 32, train=False)
     images = torch.stack([ds[i][0] for i in range(8)])
     targets = torch.stack([ds[i][1] for i in range(8)])
 
     def loss_fn():
         out = model(images)
-        aff, _, w_hat, _ = aream_targets(out, images, targets, params)
+        aff, _, w_hat, _ = aream_targets(out, images, targets, params.aream, params.par)
         return classification_loss(out, targets) + params.aream.lam * affinity_loss(out.attn_logits, aff, w_hat)
 
     first = float(loss_fn().detach())
@@ -178,7 +178,8 @@ def test_a_few_steps_reduce_the_loss(tiny_manifest):
 def test_authors_code_variants_run(tiny_manifest):
     # fixed data-set weights, refinement with the first layer only, loss on the last 2 (= all) layers
     params = tiny_params(aream={"weights": "dataset", "refine_layers": 1, "loss_layers": 2})
-    res = train_classifier(params, tiny_manifest.split("train"), tiny_manifest.split("val"), 3, torch.device("cpu"))
+    res = train_classifier(params.classifier, params.train_cls, params.aream, params.par, tiny_manifest.split("train"),
+                           tiny_manifest.split("val"), 3, torch.device("cpu"))
     assert res.finished and len(res.history) == 2
     last = res.history[-1]
     assert last["aream"] and last["loss_aff"] > 0 and 0 <= last["val_map"] <= 1 and not res.history[0]["aream"]
@@ -241,4 +242,4 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
         m.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
         assert stage.training_hash(params) != tag
     # and params that do not shape training (post-processing) keep the tag
-    assert stage.training_hash(params) == stage.training_hash(parse_params({**TINY, "crf": {"iterations": 3}}))
+    assert stage.training_hash(params) == stage.training_hash(load_params(overrides={**TINY, "crf": {"iterations": 3}}))

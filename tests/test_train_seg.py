@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Seg, load_params
+from pipeline.config import Seg, defaults, load_params
 from pipeline.models.segmenter import build_segmenter
 from pipeline.train_seg import MEAN_RGB, SegTrainSet, TrainState, augment, poly_lr, segmentation_loss, train_segmenter
 
@@ -33,7 +33,7 @@ def square_pairs(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray
 
 def tiny_cfg(**kw) -> Seg:
     base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=1e-3, scale_range=[0.75, 1.25])
-    return Seg(**{**base, **kw})
+    return defaults().seg.replace(**{**base, **kw})
 
 
 def test_loss_of_uniform_logits_is_log_k_and_ignores_255():
@@ -199,12 +199,12 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
 
 def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatch):
     """upper_bound.enabled: false -> train_seg_gt and evaluate_gt write 'skipped' outputs, no model."""
-    from pipeline.config import Params
+    from pipeline.config import defaults
     from stages import evaluate, train_seg
     from stages.report import build_report
 
     monkeypatch.chdir(tmp_path)
-    params = Params(upper_bound={"enabled": False})
+    params = defaults().replace(upper_bound={"enabled": False})
     train_seg.run(params, upper_bound=True)
     assert (tmp_path / "models/segmenter_gt/SKIPPED.txt").is_file()
     assert not (tmp_path / "models/segmenter_gt/model.pt").exists()

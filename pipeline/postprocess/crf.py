@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config import CRFKernels
+
 EPS = 1e-5
 
 
@@ -31,10 +33,9 @@ def background_probs(scores: np.ndarray, alpha: float) -> np.ndarray:
     return np.concatenate([bg[None], scores], axis=0)
 
 
-def crf_inference(image: np.ndarray, probs: np.ndarray, gauss_sxy: float = 3, gauss_compat: float = 3,
-                  bi_sxy: float = 80, bi_srgb: float = 13, bi_compat: float = 10,
-                  iterations: int = 10) -> np.ndarray:
-    """Mean-field dense CRF.
+def crf_inference(image: np.ndarray, probs: np.ndarray, kernels: CRFKernels) -> np.ndarray:
+    """Mean-field dense CRF with the kernels and iteration count of ``kernels`` (a ``crf`` or ``eval.crf``
+    params section).
 
     image: (H, W, 3) uint8 RGB; probs: (L, H, W) non-negative label scores (normalising is not
     needed: unary = -log(max(probs, 1e-5))). Returns the posterior (L, H, W) float32.
@@ -53,22 +54,17 @@ def crf_inference(image: np.ndarray, probs: np.ndarray, gauss_sxy: float = 3, ga
     unary = np.ascontiguousarray(-np.log(np.maximum(probs, EPS)).reshape(n_labels, -1), dtype=np.float32)
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary)
-    if gauss_compat > 0:
-        crf.addPairwiseGaussian(sxy=float(gauss_sxy), compat=float(gauss_compat))
-    if bi_compat > 0:
+    k = kernels
+    if k.gauss_compat > 0:
+        crf.addPairwiseGaussian(sxy=float(k.gauss_sxy), compat=float(k.gauss_compat))
+    if k.bi_compat > 0:
         rgb = np.ascontiguousarray(image, dtype=np.uint8)
-        crf.addPairwiseBilateral(sxy=float(bi_sxy), srgb=float(bi_srgb), rgbim=rgb, compat=float(bi_compat))
-    q = crf.inference(int(iterations))
+        crf.addPairwiseBilateral(sxy=float(k.bi_sxy), srgb=float(k.bi_srgb), rgbim=rgb, compat=float(k.bi_compat))
+    q = crf.inference(int(k.iterations))
     return np.asarray(q, np.float32).reshape(n_labels, h, w)
 
 
-def crf_params(cfg) -> dict:
-    """The keyword arguments of :func:`crf_inference` from a ``crf`` params section."""
-    return dict(gauss_sxy=cfg.gauss_sxy, gauss_compat=cfg.gauss_compat, bi_sxy=cfg.bi_sxy,
-                bi_srgb=cfg.bi_srgb, bi_compat=cfg.bi_compat, iterations=cfg.iterations)
-
-
-def crf_scores(image: np.ndarray, scores: np.ndarray, alpha: float, **crf_kwargs) -> np.ndarray:
+def crf_scores(image: np.ndarray, scores: np.ndarray, alpha: float, kernels: CRFKernels) -> np.ndarray:
     """CRF-refined foreground scores.
 
     image: (H, W, 3) uint8; scores: (K, H, W) in [0, 1]. Returns (K, H, W) float32, the CRF
@@ -76,14 +72,14 @@ def crf_scores(image: np.ndarray, scores: np.ndarray, alpha: float, **crf_kwargs
     """
     if scores.shape[0] == 0:
         return np.zeros(scores.shape, np.float32)
-    return crf_inference(image, background_probs(scores, alpha), **crf_kwargs)[1:]
+    return crf_inference(image, background_probs(scores, alpha), kernels)[1:]
 
 
 def crf_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, alpha: float,
-               **crf_kwargs) -> np.ndarray:
+               kernels: CRFKernels) -> np.ndarray:
     """Argmax of the CRF posterior over [background, keys]: (H, W) int64 in class ids."""
     keys = np.asarray(keys, np.int64)
     if scores.shape[0] == 0:
         return np.zeros(scores.shape[1:], np.int64)
-    post = crf_inference(image, background_probs(scores, alpha), **crf_kwargs)
+    post = crf_inference(image, background_probs(scores, alpha), kernels)
     return np.concatenate([[0], keys])[post.argmax(0)]

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import PAR
+
 # the 8 neighbours of a 3x3 kernel, row by row
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 EPS = 1e-8
@@ -49,8 +51,8 @@ def gather_neighbours(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> to
     return torch.stack([xp[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w] for dy, dx in offsets], dim=2)
 
 
-def par_kernel(image: torch.Tensor, dilations: Sequence[int], c_i: float = 0.3, c_l: float = 0.3,
-               w_i: float = 1.0, w_l: float = 0.01) -> torch.Tensor:
+def par_kernel(image: torch.Tensor, dilations: Sequence[int], c_i: float, c_l: float, w_i: float,
+               w_l: float) -> torch.Tensor:
     """Eqs. 14-15. image: (B, 3, H, W) float (any affine intensity scale) -> kappa (B, P, H, W) float32.
 
     Rows (over P) sum to w_i + w_l.
@@ -65,10 +67,10 @@ def par_kernel(image: torch.Tensor, dilations: Sequence[int], c_i: float = 0.3, 
     return w_i * kappa_i.softmax(dim=1) + w_l * kappa_l.softmax(dim=0).view(1, -1, 1, 1)
 
 
-def par_refine(image: torch.Tensor, scores: torch.Tensor, c_i: float = 0.3, c_l: float = 0.3, w_i: float = 1.0,
-               w_l: float = 0.01, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-               iterations: int = 10) -> torch.Tensor:
-    """Eq. 13 iterated. image: (B, 3, H, W) float; scores: (B, K, H, W) -> (B, K, H, W) float32.
+def par_refine(image: torch.Tensor, scores: torch.Tensor, cfg: PAR) -> torch.Tensor:
+    """Eq. 13 iterated ``cfg.iterations`` times with the kernel of ``cfg`` (the ``par`` params section).
+
+    image: (B, 3, H, W) float; scores: (B, K, H, W) -> (B, K, H, W) float32.
 
     Values are not clipped (each iteration scales constant maps by w_i + w_l).
     """
@@ -76,14 +78,14 @@ def par_refine(image: torch.Tensor, scores: torch.Tensor, c_i: float = 0.3, c_l:
             or image.shape[-2:] != scores.shape[-2:]:
         raise ValueError(f"image (B, 3, H, W) and scores (B, K, H, W) must match, got {tuple(image.shape)} "
                          f"and {tuple(scores.shape)}")
-    offsets = neighbour_offsets(dilations)
-    kappa = par_kernel(image, dilations, c_i, c_l, w_i, w_l).unsqueeze(1)  # (B, 1, P, H, W)
+    offsets = neighbour_offsets(cfg.dilations)
+    kappa = par_kernel(image, cfg.dilations, cfg.c_i, cfg.c_l, cfg.w_i, cfg.w_l).unsqueeze(1)  # (B, 1, P, H, W)
     y = scores.float()
     if y.shape[1] == 0:
         return y
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     h, w = y.shape[-2:]
-    for _ in range(iterations):
+    for _ in range(cfg.iterations):
         yp = F.pad(y, (pad, pad, pad, pad), mode="replicate")
         out = torch.zeros_like(y)
         for p, (dy, dx) in enumerate(offsets):  # one neighbour at a time: memory stays O(B K H W)
@@ -92,18 +94,12 @@ def par_refine(image: torch.Tensor, scores: torch.Tensor, c_i: float = 0.3, c_l:
     return y
 
 
-def par_kwargs(cfg) -> dict:
-    """Keyword arguments of :func:`par_refine` from the ``par`` params section."""
-    return dict(c_i=cfg.c_i, c_l=cfg.c_l, w_i=cfg.w_i, w_l=cfg.w_l, dilations=list(cfg.dilations),
-                iterations=cfg.iterations)
-
-
-def par_scores(image: np.ndarray, scores: np.ndarray, kwargs: dict, device: str = "cpu") -> np.ndarray:
+def par_scores(image: np.ndarray, scores: np.ndarray, cfg: PAR, device: str = "cpu") -> np.ndarray:
     """image (H, W, 3) uint8, scores (K, H, W) -> PAR-refined scores (K, H, W) float32 in [0, 1]."""
     if scores.shape[0] == 0:
         return np.zeros(scores.shape, np.float32)
     with torch.no_grad():
         img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
         cam = torch.from_numpy(np.ascontiguousarray(scores, np.float32)).to(device)[None]
-        out = par_refine(img, cam, **kwargs)[0]
+        out = par_refine(img, cam, cfg)[0]
     return out.clamp(0, 1).float().cpu().numpy()

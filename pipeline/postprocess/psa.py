@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import PSA
 from pipeline.metrics import IGNORE_INDEX
 
 
@@ -153,19 +154,33 @@ def random_crop(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, 
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
-def psa_scores(model: torch.nn.Module, image: np.ndarray, scores: np.ndarray, radius: int, alpha: float, beta: float,
-               logt: int) -> np.ndarray:
-    """image (H, W, 3) uint8, scores (K, H, W) -> random-walk foreground scores (K, H, W) float32 in [0, 1]:
-    ``model`` (an AffinityNet) embeds the image, the CAMs walk on its affinities within ``radius``."""
+def image_affinity(model: torch.nn.Module, image: np.ndarray, radius: int) -> tuple[tuple[int, int], Any]:
+    """Embed ``image`` (H, W, 3) uint8 with ``model`` (an AffinityNet) and return its feature grid (h, w)
+    and the sparse pair affinities within ``radius`` (:func:`pipeline.models.affinitynet.affinity_matrix`)."""
     from pipeline.models.affinitynet import affinity_matrix
 
-    if scores.shape[0] == 0:
-        return np.zeros(scores.shape, np.float32)
     device = next(model.parameters()).device
-    h, w = image.shape[:2]
     with torch.no_grad():
         x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
         emb = model(x)[0].float()
-        cams = walk_inputs(torch.from_numpy(np.ascontiguousarray(scores)).to(device), tuple(emb.shape[-2:]), alpha)
-        walked = random_walk(cams, affinity_matrix(emb, radius), beta, logt)
-        return walk_scores(walked, (h, w)).cpu().numpy()
+        return tuple(emb.shape[-2:]), affinity_matrix(emb, radius)
+
+
+def walk_cams(scores: np.ndarray, grid: tuple[int, int], affinity: Any, cfg: PSA) -> np.ndarray:
+    """CAMs (K, H, W) in [0, 1] walked on the affinities of a ``grid`` (h, w) image with the ``psa`` section's
+    background power, beta and 2^logt steps -> foreground scores (K, H, W) float32 in [0, 1]."""
+    if scores.shape[0] == 0:
+        return np.zeros(scores.shape, np.float32)
+    with torch.no_grad():
+        cams = walk_inputs(torch.from_numpy(np.ascontiguousarray(scores)).to(affinity.device), grid, cfg.alpha)
+        walked = random_walk(cams, affinity, cfg.beta, cfg.logt)
+        return walk_scores(walked, tuple(scores.shape[1:])).cpu().numpy()
+
+
+def psa_scores(model: torch.nn.Module, image: np.ndarray, scores: np.ndarray, cfg: PSA) -> np.ndarray:
+    """image (H, W, 3) uint8, scores (K, H, W) -> random-walk foreground scores (K, H, W) float32 in [0, 1]:
+    ``model`` (an AffinityNet) embeds the image, the CAMs walk on its affinities within ``cfg.radius``."""
+    if scores.shape[0] == 0:
+        return np.zeros(scores.shape, np.float32)
+    grid, affinity = image_affinity(model, image, cfg.radius)
+    return walk_cams(scores, grid, affinity, cfg)
