@@ -21,8 +21,10 @@ from an end-of-epoch checkpoint reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,12 +34,56 @@ from PIL import Image
 from torch import nn
 
 from pipeline.config import Seg
+from pipeline.data.manifest import Sample, validate_mask
+from pipeline.io import DataError, read_label_png, read_rgb
 from pipeline.models.segmenter import IMAGENET_MEAN, param_groups
 from pipeline.palette import IGNORE_INDEX
 from pipeline.training import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
 from pipeline.training import progress as progress_bar
 
 MEAN_RGB = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# training data
+# ----------------------------------------------------------------------------------------------
+
+
+def training_pairs(samples: list[Sample], labels: str, pseudo_dir: Path) -> tuple[list[tuple[str, str]], int]:
+    """(image path, label path) per usable train image, and the number skipped (gt without mask).
+    ``labels``: ``gt`` (the manifest's masks) or ``pseudo`` (``pseudo_dir/<id>.png``, each must exist)."""
+    pairs, skipped = [], 0
+    for s in samples:
+        if labels == "gt":
+            if s.mask is None:
+                skipped += 1
+                continue
+            pairs.append((s.image, s.mask))
+        else:
+            pairs.append((s.image, str(pseudo_dir / f"{s.id}.png")))
+    if labels == "pseudo":
+        missing = [lab for _, lab in pairs if not Path(lab).is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: pseudo label not found ({len(missing)} of {len(pairs)} train images "
+                            "have none; run the pseudo_labels stage or set seg.labels: gt)")
+    return pairs, skipped
+
+
+def load_pair(item: tuple[str, str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one (image, label map): (H, W, 3) uint8 and (H, W) uint8 in 0..C, 255."""
+    image_path, label_path = item
+    image, label = read_rgb(image_path), read_label_png(label_path)
+    validate_mask(label, image.shape[:2], num_classes, label_path)
+    return image, label
+
+
+def labels_digest(pairs: list[tuple[str, str]]) -> str:
+    """sha256 over the image paths and label-file bytes: changes when any training label does."""
+    h = hashlib.sha256()
+    for image_path, label_path in pairs:
+        h.update(image_path.encode())
+        h.update(Path(label_path).read_bytes())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------

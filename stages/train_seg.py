@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -36,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params, weights_file
-from pipeline.data.manifest import Sample, load_manifest, validate_mask
+from pipeline.data.manifest import load_manifest
 from pipeline.device import seed_everything
-from pipeline.io import DataError, read_label_png, read_rgb, write_json, write_text
+from pipeline.io import DataError, write_json, write_text
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from pipeline.train_seg import SegTrainSet, TrainState, train_segmenter
+from pipeline.train_seg import SegTrainSet, TrainState, labels_digest, load_pair, train_segmenter, training_pairs
 from pipeline.training import Checkpoint, Curves, setup_distributed, teardown, wrap
 from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
                             SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_timing)
@@ -65,42 +64,6 @@ WSSS = Outputs(SEGMENTER / "model.pt", SEGMENTER_CKPT / "last.pt", REPORTS / "tr
 UPPER_BOUND = Outputs(SEGMENTER_GT / "model.pt", SEGMENTER_GT_CKPT / "last.pt", REPORTS / "train_seg_gt")
 
 
-def training_pairs(samples: list[Sample], labels: str) -> tuple[list[tuple[str, str]], int]:
-    """(image path, label path) per usable train image, and the number skipped (gt without mask)."""
-    pairs, skipped = [], 0
-    for s in samples:
-        if labels == "gt":
-            if s.mask is None:
-                skipped += 1
-                continue
-            pairs.append((s.image, s.mask))
-        else:
-            pairs.append((s.image, str(PSEUDO / f"{s.id}.png")))
-    if labels == "pseudo":
-        missing = [lab for _, lab in pairs if not Path(lab).is_file()]
-        if missing:
-            raise DataError(f"{missing[0]}: pseudo label not found ({len(missing)} of {len(pairs)} train images "
-                            "have none; run the pseudo_labels stage or set seg.labels: gt)")
-    return pairs, skipped
-
-
-def load_pair(item: tuple[str, str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one (image, label map): (H, W, 3) uint8 and (H, W) uint8 in 0..C, 255."""
-    image_path, label_path = item
-    image, label = read_rgb(image_path), read_label_png(label_path)
-    validate_mask(label, image.shape[:2], num_classes, label_path)
-    return image, label
-
-
-def labels_digest(pairs: list[tuple[str, str]]) -> str:
-    """sha256 over the image paths and label-file bytes: changes when any training label does."""
-    h = hashlib.sha256()
-    for image_path, label_path in pairs:
-        h.update(image_path.encode())
-        h.update(Path(label_path).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def run(params: Params, upper_bound: bool = False) -> None:
     cfg = params.seg.model_copy(update={"labels": "gt"}) if upper_bound else params.seg
     out = UPPER_BOUND if upper_bound else WSSS
@@ -114,7 +77,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
         return
     manifest = load_manifest(MANIFEST)
     num_classes = manifest.num_classes + 1
-    pairs, skipped = training_pairs(manifest.split("train"), cfg.labels)
+    pairs, skipped = training_pairs(manifest.split("train"), cfg.labels, PSEUDO)
     if skipped and int(os.environ.get("RANK", "0")) == 0:
         print(f"seg.labels=gt: skipped {skipped} train images without a ground-truth mask", flush=True)
     if len(pairs) < 2:
@@ -130,10 +93,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
     net = wrap(model, dist, device, sync_bn=True)
     checkpoint = Checkpoint(out.ckpt, tag, out.report.name, dist)
     saved = checkpoint.load()
-    try:
-        resume = TrainState(**saved) if saved else None
-    except TypeError:  # a checkpoint of an older layout under the same tag: start over
-        resume = None
+    resume = TrainState(**saved) if saved else None  # the tag covers this code: the layout is this one
     dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
     if dist.is_main:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "

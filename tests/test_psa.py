@@ -169,7 +169,7 @@ def one_thread():
 
 def test_affinitynet_shapes_and_save_load(tmp_path, one_thread):
     torch.manual_seed(0)
-    net = AffinityNet("resnet18", feature_stride=4, embed_dim=16).eval()
+    net = AffinityNet("resnet18", "none", feature_stride=4, embed_dim=16).eval()
     x = torch.rand(2, 3, 37, 50)
     with torch.no_grad():
         emb = net(x)
@@ -179,12 +179,12 @@ def test_affinitynet_shapes_and_save_load(tmp_path, one_thread):
     with torch.no_grad():
         torch.testing.assert_close(again(x), emb)
     with pytest.raises(FileNotFoundError):
-        AffinityNet("resnet18", pretrained=str(tmp_path / "missing.pth"))
+        AffinityNet("resnet18", str(tmp_path / "missing.pth"), feature_stride=4, embed_dim=16)
 
 
 def test_affinitynet_training_steps_reduce_the_loss(one_thread):
     torch.manual_seed(0)
-    net = AffinityNet("resnet18", feature_stride=8, embed_dim=16)
+    net = AffinityNet("resnet18", "none", feature_stride=8, embed_dim=16)
     # two colours, split at a known column; cell labels at stride 8
     x = torch.zeros(4, 3, 32, 32)
     x[:, 0, :, :16] = 0.9

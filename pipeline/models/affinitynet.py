@@ -135,8 +135,7 @@ def _projection_dim(level: int) -> int:
 class AffinityNet(nn.Module):
     """Backbone pyramid -> fused embedding (B, embed_dim, ceil(H/s), ceil(W/s)) -> pair affinities."""
 
-    def __init__(self, backbone: str = "resnet18", pretrained: str = "none", feature_stride: int = 4,
-                 embed_dim: int = 0):
+    def __init__(self, backbone: str, pretrained: str, feature_stride: int, embed_dim: int):
         super().__init__()
         import timm
 
