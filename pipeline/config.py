@@ -35,6 +35,9 @@ class ConfigError(ValueError):
 WEIGHTS_DIR = Path("weights")  # local starting weights live here (files or symlinks), relative to the project
 WEIGHT_KEYWORDS = ("none", "timm", "imagenet")  # none: random init; timm / imagenet: the hub (needs internet)
 TOY_ROOT = "data/toyvoc/VOCdevkit/VOC2012"  # where stage generate_toy writes the toy set (dataset.root of toyvoc)
+PRETRAINED_VIT = "pretrained_vit.pth"  # written under weights/ by stage pretrain (the classifier's start)
+IMAGENET_CNN = "efficientnet_lite0.pth"  # written under weights/ by stage import_weights (the CNNs' start)
+BUILT_WEIGHTS = {PRETRAINED_VIT: "pretrain", IMAGENET_CNN: "import_weights"}  # weights file -> its stage
 
 
 def weights_file(value: str) -> Path | None:
@@ -140,6 +143,31 @@ class TrainCls(Section):
     color_jitter: float = Field(ge=0)
     amp: bool  # used on CUDA only
     seed: int
+
+
+class Pretrain(Section):
+    """Stage pretrain: the classifier's ViT trained on the generated corpus (pipeline/data/corpus.py)."""
+    enabled: bool  # false skips the stage (classifier.pretrained must then not name its output)
+    num_classes: int = Field(ge=2, le=1340)  # corpus classes (1340 = two per free part mark)
+    images_per_class: int = Field(ge=1)
+    val_per_class: int = Field(ge=1)
+    image_size: int = Field(ge=16)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    crop_scale: list[float] = Field(min_length=2, max_length=2)
+    drop_path: float = Field(ge=0, lt=1)
+    amp: bool  # used on CUDA only
+    seed: int
+
+    @model_validator(mode="after")
+    def _crop(self) -> "Pretrain":
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        return self
 
 
 class AReAM(Section):
@@ -278,6 +306,10 @@ class Seg(Section):
         return self
 
 
+class Baseline(Section):
+    enabled: bool  # train_cls_base / export_cams_base: the "w/o AReAM" classifier of Table I; false skips both
+
+
 class UpperBound(Section):
     enabled: bool  # train_seg_gt / evaluate_gt train and score the ground-truth model; false skips both
 
@@ -304,6 +336,7 @@ class Eval(Section):
 class Params(Section):
     runtime: Runtime
     dataset: Dataset
+    pretrain: Pretrain
     classifier: Classifier
     train_cls: TrainCls
     aream: AReAM
@@ -315,6 +348,7 @@ class Params(Section):
     psa: PSA
     pseudo: Pseudo
     seg: Seg
+    baseline: Baseline
     upper_bound: UpperBound
     eval: Eval
 
@@ -371,19 +405,24 @@ def read_yaml(path: Path) -> dict:
     return data or {}
 
 
-def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -> Params:
-    """Load and validate ``params.yaml`` (optionally merged with nested ``overrides``)."""
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None, profile: str | None = None) -> Params:
+    """Load and validate ``params.yaml``, optionally merged with ``profiles/<profile>.yaml`` and then with
+    nested ``overrides``."""
     path = Path(path)
     raw = read_yaml(path)
+    if profile:
+        raw = deep_merge(raw, profile_overrides(profile))
     if overrides:
         raw = deep_merge(raw, overrides)
     return parse_params(raw, str(path.name))
 
 
-@functools.lru_cache(maxsize=1)
-def defaults() -> Params:
-    """The repository's params.yaml: the default value of every parameter (read once per process)."""
-    return load_params(PARAMS_FILE)
+@functools.lru_cache(maxsize=4)
+def defaults(profile: str | None = None) -> Params:
+    """The repository's params.yaml: the default value of every parameter (read once per process), or
+    those values with a profile applied (``defaults("scratch")``: random-init networks, what unit tests
+    build)."""
+    return load_params(PARAMS_FILE, profile=profile)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -55,8 +55,8 @@ from pipeline.io import read_rgb
 from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_refine
-from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, rng_states, set_rng_states,
-                               unwrap, wrap)
+from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, lr_factor, rng_states,
+                               set_rng_states, unwrap, wrap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,19 +241,6 @@ def build_optimizer(model: nn.Module, t: TrainCls) -> torch.optim.Optimizer:
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up to 1 over
-    ``warmup_steps``, then cosine / poly (``power``) decay to 0 at ``total_steps``, or constant."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    if schedule == "poly":
-        return (1.0 - t) ** power
-    return 1.0
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainCls, steps_per_epoch: int):

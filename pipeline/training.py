@@ -20,6 +20,7 @@ A trainer brings a model, a loss step and its data; this module brings the rest:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sys
@@ -135,6 +136,19 @@ def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size
     total = -(-num_items // world_size) * world_size
     perm += perm[:total - num_items]
     return perm[rank::world_size]
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up to 1 over
+    ``warmup_steps``, then cosine / poly (``power``) decay to 0 at ``total_steps``, or constant."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "poly":
+        return (1.0 - t) ** power
+    return 1.0
 
 
 def batches(order: Sequence[int], batch_size: int, drop_single: bool = False) -> list[list[int]]:

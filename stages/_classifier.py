@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params
@@ -9,8 +10,8 @@ from pipeline.io import DataError
 from stages._common import CLASSIFIER
 
 
-def load_trained_classifier(params: Params) -> tuple[Any, Any]:
-    """(classifier in eval mode, device) from models/classifier/model.pt; on CPU torch gets
+def load_trained_classifier(params: Params, folder: Path = CLASSIFIER) -> tuple[Any, Any]:
+    """(classifier in eval mode, device) from ``folder``/model.pt; on CPU torch gets
     ``runtime.workers`` threads (the stage runs one batched forward at a time)."""
     import torch
 
@@ -18,7 +19,7 @@ def load_trained_classifier(params: Params) -> tuple[Any, Any]:
     from pipeline.models.vit import load_classifier
     from pipeline.parallel import num_workers
 
-    path = CLASSIFIER / "model.pt"
+    path = folder / "model.pt"
     if not path.exists():
         raise DataError(f"{path}: classifier not found (run stage train_cls first)")
     device = resolve_device(params.runtime.device)

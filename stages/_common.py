@@ -23,6 +23,9 @@ SCORES = DATA / "scores"                     # postprocess_<m>: SCORES/<m>/<id>.
 PSEUDO = DATA / "pseudo"                     # pseudo_labels: <id>.png (VOC palette)
 CLASSIFIER = MODELS / "classifier"           # train_cls: model.pt
 CLASSIFIER_CKPT = MODELS / "classifier_ckpt"  # train_cls: resume checkpoint (gitignored, not a DVC output)
+CLASSIFIER_BASE = MODELS / "classifier_base"  # train_cls_base: the "w/o AReAM" baseline classifier (Table I)
+CLASSIFIER_BASE_CKPT = MODELS / "classifier_base_ckpt"  # train_cls_base: resume checkpoint (not a DVC output)
+CAMS_BASE = DATA / "cams_base"               # export_cams_base: the baseline's train-split CAMs (cam, avg)
 AFFINITYNET = MODELS / "affinitynet"         # train_psa: model.pt
 AFFINITYNET_CKPT = MODELS / "affinitynet_ckpt"  # train_psa: resume checkpoint (gitignored, not a DVC output)
 SEGMENTER = MODELS / "segmenter"             # train_seg: model.pt
@@ -40,6 +43,17 @@ def write_timing(stage: str, timing: dict) -> None:
     they differ from run to run, and an output that does would change its hash (and rerun everything
     downstream) although the result is the same."""
     write_json(TIMING / f"{stage}.json", timing)
+
+
+def write_empty_plots(live_dir: Path, keys: tuple[str, ...]) -> None:
+    """The plots folder dvc.yaml declares, with no points, for a skipped run (DVC fails on a missing out)."""
+    from pipeline.io import atomic_dir
+
+    with atomic_dir(live_dir / "plots" / "metrics") as tmp:
+        for key in keys:  # a header and no points: a valid, empty DVC plot ("a/b": file b.tsv in folder a)
+            path = tmp / f"{key}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"step\t{key.rsplit('/', 1)[-1]}\n")
 
 
 def stage_main(run: Callable[[Params], None]) -> None:

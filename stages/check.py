@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset, Params, weights_file
+from pipeline.config import (BUILT_WEIGHTS, IMAGENET_CNN, PRETRAINED_VIT, TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset,
+                             Params, weights_file)
 from pipeline.io import DataError, write_json
 from stages._common import CHECKED, stage_main
 
@@ -85,12 +86,26 @@ def check_coco_root(ds: Dataset) -> None:
                 raise DataError(f"{path}: not found (dataset.coco.{split}_{kind} under dataset.root)")
 
 
+def check_built_weights(params: Params, dotted: str, value: str) -> None:
+    """A weights file that a stage of the DAG writes fits only the networks it is made for."""
+    fits = {PRETRAINED_VIT: ("classifier.pretrained",), IMAGENET_CNN: ("psa.pretrained", "seg.encoder_weights")}
+    if dotted not in fits[value]:
+        raise ConfigError(f"{dotted}: {value} (written by stage {BUILT_WEIGHTS[value]}) is for "
+                          f"{' / '.join(fits[value])}, not for {dotted}")
+    if value == PRETRAINED_VIT and not params.pretrain.enabled:
+        raise ConfigError(f"{dotted}: {value} is written by stage pretrain, which pretrain.enabled: false skips "
+                          "(set classifier.pretrained: none, or pretrain.enabled: true)")
+
+
 def check_weights(params: Params) -> None:
     """Each weights value is one of its keywords or a file under weights/ (DVC depends on weights/<value>)."""
     for dotted, keywords in WEIGHT_PARAMS:
         section, key = dotted.split(".")
         value = getattr(getattr(params, section), key)
         if value in keywords:
+            continue
+        if value in BUILT_WEIGHTS:  # written by a stage of the DAG (after this one)
+            check_built_weights(params, dotted, value)
             continue
         if value in ("none", "timm", "imagenet"):
             raise ConfigError(f"{dotted}: {value!r} is not a choice here (use {' or '.join(keywords)}, or a file "

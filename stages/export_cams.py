@@ -16,25 +16,40 @@ of the stored CAMs against the masks of the train split (images without a mask a
 
 from __future__ import annotations
 
+import argparse
+import functools
 from typing import Any
 
 from pipeline.cam_export import cam_quality, export_cams, export_tag, file_digest, prepare_out_dir, sweep_csv
 from pipeline.cams import model_geometry, model_preprocess
 from pipeline.config import ConfigError, Params
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.io import DataError, write_bytes, write_json
+from pipeline.io import DataError, write_bytes, write_json, write_text
 from stages._classifier import load_trained_classifier
-from stages._common import CAMS, CLASSIFIER, MANIFEST, REPORTS, stage_main
+from stages._common import CAMS, CAMS_BASE, CLASSIFIER, CLASSIFIER_BASE, MANIFEST, REPORTS, SKIPPED, stage_main
 
 MODEL = CLASSIFIER / "model.pt"
 METRICS = REPORTS / "cams" / "metrics.json"
 SWEEP_CSV = REPORTS / "cams" / "sweep.csv"
+BASELINE_VARIANTS = ["cam", "avg"]  # Table I: "CAMs" and "CAMs + Affinity" of the w/o-AReAM classifier
 
 
-def run(params: Params) -> None:
+def run(params: Params, baseline: bool = False) -> None:
+    """``baseline``: stage ``export_cams_base``, the train-split ``cam`` and ``avg`` variants of the
+    w/o-AReAM classifier (models/classifier_base) into data/cams_base and reports/cams_base."""
     cfg = params.cams
+    folder, out_dir, report = (CLASSIFIER_BASE, CAMS_BASE, REPORTS / "cams_base") if baseline else \
+        (CLASSIFIER, CAMS, METRICS.parent)
+    if baseline:
+        if not params.baseline.enabled:
+            write_text(out_dir / SKIPPED, "baseline.enabled is false: no baseline CAMs\n")
+            write_json(report / "metrics.json", {"skipped": True})
+            write_bytes(report / "sweep.csv", b"threshold\n")
+            print("export_cams_base: skipped (baseline.enabled: false)", flush=True)
+            return
+        cfg = cfg.replace(variants=BASELINE_VARIANTS, splits=["train"])
     manifest = load_manifest(MANIFEST)
-    model, device = load_trained_classifier(params)
+    model, device = load_trained_classifier(params, folder)
     img_size, patch, depth = model_geometry(model, params.classifier.img_size, params.classifier.patch_size)
     if depth and "first_k" in cfg.variants and cfg.first_k > depth:
         raise ConfigError(f"cams.first_k: {cfg.first_k} exceeds the classifier's {depth} layers")
@@ -46,23 +61,23 @@ def run(params: Params) -> None:
                 samples.setdefault(s.id, s)
         except DataError as err:
             raise ConfigError(f"cams.splits: {err}") from None
-    tag = export_tag(cfg, file_digest(MODEL), file_digest(MANIFEST))
-    removed = prepare_out_dir(CAMS, tag, set(samples))
+    tag = export_tag(cfg, file_digest(folder / "model.pt"), file_digest(MANIFEST))
+    removed = prepare_out_dir(out_dir, tag, set(samples))
     if removed:
-        print(f"removed {removed} stale CAM files from {CAMS}")
-    written = export_cams(model, list(samples.values()), CAMS, cfg, img_size=img_size, patch_size=patch,
+        print(f"removed {removed} stale CAM files from {out_dir}")
+    written = export_cams(model, list(samples.values()), out_dir, cfg, img_size=img_size, patch_size=patch,
                           device=device, preprocess=model_preprocess(model),
                           loader_workers=params.runtime.loader_workers)
-    print(f"exported {written} CAM files ({len(samples) - written} already present) to {CAMS}")
+    print(f"exported {written} CAM files ({len(samples) - written} already present) to {out_dir}")
 
     train = [s for s in manifest.split("train") if s.id in samples]  # the exported train images
-    results = cam_quality(train, CAMS, cfg.variants, cfg.sweep, manifest.num_classes, params.runtime)
+    results = cam_quality(train, out_dir, cfg.variants, cfg.sweep, manifest.num_classes, params.runtime)
     metrics: dict[str, Any] = {
         v: {"best_miou": None if r["best_miou"] is None else round(r["best_miou"], 6),
             "best_threshold": r["best_threshold"]} for v, r in results.items()}
     metrics["num_images"] = next(iter(results.values()))["num_images"]
-    write_json(METRICS, metrics)
-    write_bytes(SWEEP_CSV, sweep_csv(results).encode())
+    write_json(report / "metrics.json", metrics)
+    write_bytes(report / "sweep.csv", sweep_csv(results).encode())
     if not metrics["num_images"]:
         print("no train image has a mask: CAM quality not measured")
     for v, m in metrics.items():
@@ -71,4 +86,7 @@ def run(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    stage_main(run)
+    cli = argparse.ArgumentParser(description="Export CAMs and their quality (stage export_cams).")
+    cli.add_argument("--baseline", action="store_true",
+                     help="the w/o-AReAM classifier's train CAMs into data/cams_base (stage export_cams_base)")
+    stage_main(functools.partial(run, baseline=cli.parse_args().baseline))

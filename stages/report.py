@@ -11,11 +11,14 @@ import csv
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.io import read_json, write_text
+from pipeline.io import read_json, write_json, write_text
 from pipeline.markdown import pct, table
+from pipeline.summary import POST_SOURCES
+from pipeline.summary import table_one as table_one_values
 from stages._common import REPORTS, stage_main
 
 REPORT = REPORTS / "report.md"
+TABLE1 = REPORTS / "table1.json"
 
 
 def _load(path: Path) -> dict | None:
@@ -28,9 +31,12 @@ def _load(path: Path) -> dict | None:
 
 
 
-def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | None]) -> str:
+def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | None], base: dict | None = None) -> str:
     """Rows of the paper's Table I: best-threshold mIoU of CAMs (no P.P.) and Eq. 16 labels (with P.P.)."""
     rows = []
+    for key, label in [("cam", "w/o AReAM: CAMs"), ("avg", "w/o AReAM: CAMs + Affinity")]:
+        if base and not base.get("skipped") and key in base:
+            rows.append([label, pct(base[key].get("best_miou")), f"{base[key].get('best_threshold', '-')}", "-", "-"])
     names = [("cam", "CAMs"), ("avg", "CAMs + Affinity"), ("aream", "CAMs + Affinity (AReAM weights)"),
              ("first_k", "CAMs + first-K affinity")]
     for key, label in names:
@@ -53,6 +59,7 @@ def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | Non
 def build_report(params: Params, reports: Path = REPORTS) -> str:
     cls = _load(reports / "train_cls" / "metrics.json")
     cams = _load(reports / "cams" / "metrics.json")
+    base = _load(reports / "cams_base" / "metrics.json")
     pseudo = _load(reports / "pseudo" / "metrics.json")
     post = {m: _load(reports / "postprocess" / f"{m}.json") for m in ("par", "crf", "psa")}
     seg = _load(reports / "evaluate" / "metrics.json")
@@ -73,7 +80,7 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
         lines.append("_no classifier metrics_")
 
     lines += ["", "## Pseudo-label quality on the train split (Table I analogue)", "",
-              table_one(cams, pseudo, post), ""]
+              table_one(cams, pseudo, post, base), ""]
     if (reports / "cams" / "sweep.csv").exists():
         lines.append("Background-threshold curves: `reports/cams/sweep.csv` (`dvc plots show`).")
 
@@ -112,9 +119,19 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
     return "\n".join(lines)
 
 
+def table1(params: Params, reports: Path = REPORTS) -> dict:
+    """reports/table1.json (:func:`pipeline.summary.table_one`)."""
+    post = {m: _load(reports / "postprocess" / f"{m}.json") for m in POST_SOURCES}
+    return table_one_values(_load(reports / "cams" / "metrics.json"), _load(reports / "cams_base" / "metrics.json"),
+                            post, _load(reports / "evaluate" / "metrics.json"),
+                            _load(reports / "evaluate_gt" / "metrics.json"), params.post.cam_variant,
+                            params.pseudo.source)
+
+
 def run(params: Params) -> None:
     write_text(REPORT, build_report(params))
-    print(f"wrote {REPORT}")
+    write_json(TABLE1, table1(params))
+    print(f"wrote {REPORT} and {TABLE1}")
 
 
 if __name__ == "__main__":

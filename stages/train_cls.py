@@ -20,19 +20,24 @@ Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
-from pipeline.io import DataError, write_json
+from pipeline.io import DataError, write_json, write_text
 from pipeline.models.vit import save_classifier
 from pipeline.train_cls import Callbacks, train_classifier
 from pipeline.training import Checkpoint, Curves, amp_dtype, progress, setup_distributed, teardown
-from stages._common import (CLASSIFIER, CLASSIFIER_CKPT, MANIFEST, PREPARED, REPORTS, stage_main,
-                            write_timing)
+from stages._common import (CLASSIFIER, CLASSIFIER_BASE, CLASSIFIER_BASE_CKPT, CLASSIFIER_CKPT, MANIFEST, PREPARED,
+                            REPORTS, SKIPPED, stage_main, write_empty_plots, write_timing)
 from stages._resume import run_tag
 
 CHECKPOINT = CLASSIFIER_CKPT / "last.pt"
@@ -40,6 +45,20 @@ MODEL = CLASSIFIER / "model.pt"
 REPORT_DIR = REPORTS / "train_cls"
 LIVE_DIR = REPORT_DIR / "live"
 METRICS = REPORT_DIR / "metrics.json"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one classifier run writes (mirrored in dvc.yaml)."""
+    stage: str
+    model: Path
+    ckpt: Path
+    report: Path
+
+
+AREAM_RUN = Outputs("train_cls", MODEL, CHECKPOINT, REPORT_DIR)
+BASELINE_RUN = Outputs("train_cls_base", CLASSIFIER_BASE / "model.pt", CLASSIFIER_BASE_CKPT / "last.pt",
+                       REPORTS / "train_cls_base")
 HASHED_SECTIONS = ("classifier", "train_cls", "aream", "par", "dataset")
 LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch")
 
@@ -68,23 +87,36 @@ def chance_map(samples, num_classes: int) -> float:
     return float((counts[present] / max(len(samples), 1)).mean()) if present.any() else float("nan")
 
 
-def run(params: Params, stop_after: int | None = None) -> None:
+def run(params: Params, stop_after: int | None = None, baseline: bool = False) -> None:
     """Train, checkpoint every epoch, write the model and metrics. ``stop_after`` ends this process after
-    that many epochs (as an interruption would; the next run resumes)."""
+    that many epochs (as an interruption would; the next run resumes). ``baseline``: stage
+    ``train_cls_base``, the same recipe with ``aream.enabled`` forced off (Table I's "w/o AReAM" rows),
+    written to models/classifier_base; ``baseline.enabled: false`` skips it."""
+    out = BASELINE_RUN if baseline else AREAM_RUN
+    if baseline:
+        if not params.baseline.enabled:
+            if int(os.environ.get("RANK", "0")) == 0:
+                write_text(out.model.parent / SKIPPED, "baseline.enabled is false: no baseline classifier trained\n")
+                write_json(out.report / "metrics.json", {"skipped": True})
+                write_empty_plots(out.report / "live", tuple(f"{out.stage}/{k}" for k in LOGGED))
+                print("train_cls_base: skipped (baseline.enabled: false)", flush=True)
+            return
+        params = params.replace(aream={**params.aream.model_dump(), "enabled": False})
     manifest = load_manifest(MANIFEST)
     train, val = manifest.split("train"), manifest.split("val")
     if not train:
         raise DataError(f"{MANIFEST}: the train split is empty")
     dist, device = setup_distributed(params.runtime.device)
-    checkpoint = Checkpoint(CHECKPOINT, training_hash(params, device, dist.world_size), "train_cls", dist)
+    checkpoint = Checkpoint(out.ckpt, training_hash(params, device, dist.world_size), out.stage, dist)
     resume = checkpoint.load()
-    curves = Curves(LIVE_DIR, _curve, resume["history"] if resume else [], "train_cls/") if dist.is_main else None
+    curves = Curves(out.report / "live", _curve, resume["history"] if resume else [], f"{out.stage}/") \
+        if dist.is_main else None
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         curves.log(metrics)
         line = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                          if isinstance(v, float) and (k in LOGGED or k == "seconds"))
-        print(f"train_cls: epoch {epoch}/{params.train_cls.epochs}: {line}", file=sys.stderr)
+        print(f"{out.stage}: epoch {epoch}/{params.train_cls.epochs}: {line}", file=sys.stderr)
 
     callbacks = Callbacks(checkpoint=checkpoint.save, log=on_epoch,
                           progress=lambda it, desc="", total=None: progress(it, desc, total, dist.is_main))
@@ -98,7 +130,7 @@ def run(params: Params, stop_after: int | None = None) -> None:
     teardown(dist)
     if not result.finished or not dist.is_main:
         return
-    save_classifier(result.model, MODEL)
+    save_classifier(result.model, out.model)
     last = result.history[-1] if result.history else {}
     seconds = sum(h.get("seconds", 0.0) for h in result.history)
     images = sum(h.get("images_per_second", 0.0) * h.get("seconds", 0.0) for h in result.history)
@@ -106,13 +138,16 @@ def run(params: Params, stop_after: int | None = None) -> None:
     metrics.update({"epochs": len(result.history), "chance_map": chance_map(val, manifest.num_classes),
                     "best_val_map": max((h.get("val_map", float("nan")) for h in result.history), default=None),
                     "aream": params.aream.enabled, "device": device.type})
-    write_json(METRICS, metrics)
-    write_timing("train_cls", {"train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
+    write_json(out.report / "metrics.json", metrics)
+    write_timing(out.stage, {"train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
                                "resumed_from_epoch": resume["epoch"] if resume else 0})
     checkpoint.finish()  # a finished run leaves no checkpoint: a forced rerun trains anew
-    print(f"train_cls: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
-          f"model written to {MODEL}", file=sys.stderr)
+    print(f"{out.stage}: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
+          f"model written to {out.model}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    stage_main(run)
+    cli = argparse.ArgumentParser(description="Train the classifier (stage train_cls).")
+    cli.add_argument("--baseline", action="store_true",
+                     help="train the w/o-AReAM baseline into models/classifier_base (stage train_cls_base)")
+    stage_main(functools.partial(run, baseline=cli.parse_args().baseline))

@@ -42,7 +42,8 @@ from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.train_seg import SegTrainSet, TrainState, labels_digest, load_pair, train_segmenter, training_pairs
 from pipeline.training import Checkpoint, Curves, setup_distributed, teardown, wrap
 from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
-                            SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_timing)
+                            SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_empty_plots,
+                            write_timing)
 from stages._resume import run_tag
 
 LIVE_KEYS = ("loss", "pixel_acc", "lr")  # per-epoch curves (throughput varies run to run: reports/timing/)
@@ -72,7 +73,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
             return
         write_text(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model trained\n")
         write_json(out.report / "metrics.json", {"skipped": True})
-        write_empty_plots(out.live_dir)
+        write_empty_plots(out.live_dir, LIVE_KEYS)
         print("train_seg_gt: skipped (upper_bound.enabled: false)", flush=True)
         return
     manifest = load_manifest(MANIFEST)
@@ -132,15 +133,6 @@ def run(params: Params, upper_bound: bool = False) -> None:
         print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
               f"{cfg.labels} labels; model -> {out.model}", flush=True)
     teardown(dist)
-
-
-def write_empty_plots(live_dir: Path) -> None:
-    """The plots folder dvc.yaml declares, with no points, for a skipped run (DVC fails on a missing out)."""
-    from pipeline.io import atomic_dir
-
-    with atomic_dir(live_dir / "plots" / "metrics") as tmp:
-        for key in LIVE_KEYS:  # a header and no points: a valid, empty DVC plot
-            (tmp / f"{key}.tsv").write_text(f"step\t{key}\n")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pipeline.config import defaults, load_params  # noqa: E402
 from pipeline.data.manifest import Sample  # noqa: E402
 from pipeline.training import setup_distributed, teardown, unwrap  # noqa: E402
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 COLOURS = np.array([[40, 40, 40], [230, 30, 30], [30, 230, 30], [30, 30, 230]], np.uint8)
 
 
@@ -64,7 +66,7 @@ def main(which: str, out: Path) -> None:
                 Image.fromarray(image).save(path)
             samples.append(Sample(f"img{i}", str(path), None, tuple(sorted(set(np.unique(label).tolist()) - {0}))))
         torch.distributed.barrier()
-        params = load_params(overrides={"runtime": {"device": "cpu"},
+        params = load_params(profile="scratch", overrides={"runtime": {"device": "cpu"},
                                "classifier": {"img_size": 32, "patch_size": 8, "depth": 2, "cam_layers": 1},
                                "train_cls": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1},
                                "aream": {"start_epoch": 1, "par_scale": 1.0},
@@ -77,7 +79,7 @@ def main(which: str, out: Path) -> None:
         from pipeline.train_seg import SegTrainSet, train_segmenter
         from pipeline.training import wrap
 
-        cfg = defaults().seg.replace(decoder_channels=16, crop_size=32, batch_size=4, epochs=2,
+        cfg = SCRATCH.seg.replace(decoder_channels=16, crop_size=32, batch_size=4, epochs=2,
                                      scale_range=[0.75, 1.25])
         model = build_segmenter(cfg, 4)
         history = train_segmenter(wrap(model, dist, device), SegTrainSet(data, cfg), cfg, device, dist=dist,
@@ -89,7 +91,7 @@ def main(which: str, out: Path) -> None:
 
         # train_psa's confident regions: every process labels every 2nd image, all get the whole list
         extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::2], 9, dist) == [i * i for i in range(9)]
-        cfg = defaults().psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
+        cfg = SCRATCH.psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
         model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, dist=dist,
                                            progress=False)
         finished = len(history) == cfg.epochs

@@ -135,7 +135,8 @@ def test_both_stages_run_with_a_real_classifier(tmp_path, monkeypatch):
     samples = _dataset(tmp_path, 6)
     splits = {"train": tuple(samples[:4]), "val": tuple(samples[4:])}
     write_json("data/prepared/manifest.json", Manifest("toy", ("background", "a", "b", "c"), splits).to_dict())
-    params = load_params(overrides={"runtime": {"device": "cpu", "task_runner": "serial", "workers": 1},
+    params = load_params(profile="scratch",
+                         overrides={"runtime": {"device": "cpu", "task_runner": "serial", "workers": 1},
                            "classifier": {"img_size": 32, "patch_size": 8, "depth": 3, "cam": "class_attn"},
                            "cams": {"scales": [1.0, 1.5], "flip": True, "first_k": 2, "batch_size": 4},
                            "analysis": {"num_images": 3, "num_figures": 1}})

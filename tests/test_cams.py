@@ -20,6 +20,8 @@ from pipeline.data.manifest import Sample
 from pipeline.io import read_npz, write_label_png, write_rgb
 from pipeline.metrics import ThresholdSweep
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 torch.set_num_threads(1)
 
 
@@ -154,7 +156,7 @@ def test_hand_computed_refinement():
 
 
 def _infer(model, images, labels, **kw):
-    cfg = defaults().cams.replace(**{**dict(scales=[1.0], flip=False, variants=["cam", "avg", "aream", "first_k"],
+    cfg = SCRATCH.cams.replace(**{**dict(scales=[1.0], flip=False, variants=["cam", "avg", "aream", "first_k"],
                                             first_k=2, stride=4, normalize="minmax"), **kw})
     return infer_cams(model, images, labels, cfg, img_size=32, patch_size=8)
 
@@ -300,7 +302,7 @@ def test_export_resumes_and_wipes_stale_files(tmp_path):
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
-    cfg = defaults().cams.replace(scales=[1.0], flip=True, first_k=2, batch_size=2)
+    cfg = SCRATCH.cams.replace(scales=[1.0], flip=True, first_k=2, batch_size=2)
     kw = dict(img_size=32, patch_size=8, device=torch.device("cpu"))
     tag = {"v": 1}
     assert prepare_out_dir(out, tag, {s.id for s in samples}) == 0
@@ -327,9 +329,9 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
     samples = _dataset(tmp_path)
     oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
     out = tmp_path / "cams"
-    cfg = defaults().cams.replace(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
+    cfg = SCRATCH.cams.replace(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
     export_cams(oracle, samples, out, cfg, img_size=64, patch_size=4, device=torch.device("cpu"))
-    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.05], 3, defaults().runtime.replace(task_runner="serial"))
+    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.05], 3, SCRATCH.runtime.replace(task_runner="serial"))
     assert res["cam"]["best_miou"] > 0.85, res["cam"]["best_miou"]
     assert 0.2 <= res["cam"]["best_threshold"] <= 0.8
 
@@ -339,9 +341,9 @@ def test_cam_quality_and_csv(tmp_path):
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
-    cfg = defaults().cams.replace(scales=[1.0], flip=False, first_k=2)
+    cfg = SCRATCH.cams.replace(scales=[1.0], flip=False, first_k=2)
     export_cams(FakeViT(), samples, out, cfg, img_size=32, patch_size=8, device=torch.device("cpu"))
-    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.1], 3, defaults().runtime.replace(task_runner="serial"))
+    res = cam_quality(samples, out, cfg.variants, [0.0, 0.8, 0.1], 3, SCRATCH.runtime.replace(task_runner="serial"))
     assert set(res) == set(cfg.variants)
     for r in res.values():
         assert r["num_images"] == 4  # img0 has no mask

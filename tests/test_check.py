@@ -26,7 +26,7 @@ def _voc(base: Path, lists: dict[str, str] | None = None) -> Path:
 
 
 def _params(**sections):
-    return load_params(overrides={"runtime": {"task_runner": "serial"}, **sections})
+    return load_params(profile="scratch", overrides={"runtime": {"task_runner": "serial"}, **sections})
 
 
 def test_a_valid_setup_writes_the_same_bytes_whatever_the_valid_params(tmp_path, monkeypatch):
@@ -86,3 +86,19 @@ def test_weights_must_be_a_keyword_or_a_file_under_weights(tmp_path, monkeypatch
     (tmp_path / "weights" / "r18.pth").write_bytes(b"x")
     run(_params(dataset=ds, seg={"encoder_weights": "r18.pth"}))
     assert CHECKED.is_file()
+
+
+def test_weights_written_by_a_stage_need_no_file_but_must_fit(tmp_path, monkeypatch):
+    """pretrained_vit.pth (stage pretrain) and efficientnet_lite0.pth (stage import_weights) come later in
+    the DAG: check accepts them without a file, for the networks they are made for only."""
+    root = _voc(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ds = {"name": "voc", "root": str(root)}
+    run(_params(dataset=ds, classifier={"pretrained": "pretrained_vit.pth"}, pretrain={"enabled": True},
+                psa={"pretrained": "efficientnet_lite0.pth"}, seg={"encoder_weights": "efficientnet_lite0.pth"}))
+    with pytest.raises(ConfigError, match="pretrain.enabled: false skips"):
+        run(_params(dataset=ds, classifier={"pretrained": "pretrained_vit.pth"}, pretrain={"enabled": False}))
+    with pytest.raises(ConfigError, match="seg.encoder_weights: pretrained_vit.pth .* is for classifier.pretrained"):
+        run(_params(dataset=ds, seg={"encoder_weights": "pretrained_vit.pth"}))
+    with pytest.raises(ConfigError, match="classifier.pretrained: efficientnet_lite0.pth"):
+        run(_params(dataset=ds, classifier={"pretrained": "efficientnet_lite0.pth"}))

@@ -6,8 +6,10 @@ import pytest
 from pipeline.config import defaults
 from pipeline.postprocess.crf import background_probs, crf_inference, crf_labels, crf_scores
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 # the kernels these tests were written for (pinned, so an edit of params.yaml does not move them)
-KERNELS = defaults().crf.replace(gauss_sxy=3, gauss_compat=3, bi_sxy=80, bi_srgb=13, bi_compat=10, iterations=10)
+KERNELS = SCRATCH.crf.replace(gauss_sxy=3, gauss_compat=3, bi_sxy=80, bi_srgb=13, bi_compat=10, iterations=10)
 H, W, EDGE = 32, 48, 24  # red left of column 24, blue from it on
 
 

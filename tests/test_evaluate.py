@@ -14,6 +14,8 @@ from pipeline.inference import crf_label, image_tensor, predict_probs, side_by_s
 from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.evaluation import confusion_csv, summarize
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 torch.set_num_threads(1)
 
 
@@ -31,7 +33,7 @@ class PixelModel(torch.nn.Module):
 
 def test_single_scale_no_flip_is_the_plain_softmax():
     torch.manual_seed(0)
-    model = build_segmenter(defaults().seg.replace(decoder_channels=16), 4).eval()
+    model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 4).eval()
     x = torch.rand(1, 3, 37, 41)
     with torch.no_grad():
         expected = torch.softmax(model(x), 1)
@@ -52,7 +54,7 @@ def test_flip_and_scales_average_to_the_same_for_an_equivariant_model():
 
 def test_multi_scale_probs_sum_to_one_and_keep_the_size():
     torch.manual_seed(0)
-    model = build_segmenter(defaults().seg.replace(decoder_channels=16), 3).eval()
+    model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 3).eval()
     p = predict_probs(model, torch.rand(1, 3, 33, 29), scales=[0.75, 1.25], flip=True)
     assert p.shape == (1, 3, 33, 29)
     torch.testing.assert_close(p.sum(1), torch.ones(1, 33, 29))
@@ -96,7 +98,7 @@ def test_crf_label_keeps_a_confident_prediction():
     probs = np.full((2, 12, 16), 0.1, np.float32)
     probs[1, :, 8:] = 0.9
     probs[0, :, :8] = 0.9
-    kernels = defaults().eval.crf.replace(gauss_sxy=3, gauss_compat=3, bi_sxy=20, bi_srgb=13, bi_compat=10,
+    kernels = SCRATCH.eval.crf.replace(gauss_sxy=3, gauss_compat=3, bi_sxy=20, bi_srgb=13, bi_compat=10,
                                           iterations=5)
     label = crf_label((image, probs), kernels)
     assert label.dtype == np.uint8 and label.shape == (12, 16)
@@ -117,9 +119,10 @@ def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
     _write_toy_project(tmp_path, n_train=2, n_val=3)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    model = build_segmenter(defaults().seg.replace(decoder_channels=16), 4)
+    model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 4)
     save_segmenter(model, tmp_path / "models/segmenter/model.pt", ["background", "red", "green", "blue"])
-    params = load_params(overrides={"eval": {"scales": [0.75, 1.0], "flip": True, "crf": {"enabled": crf},
+    params = load_params(profile="scratch",
+                         overrides={"eval": {"scales": [0.75, 1.0], "flip": True, "crf": {"enabled": crf},
                                              "num_overlays": 2},
                                     "runtime": {"device": "cpu", "task_runner": "serial"}})
     stage.run(params)
@@ -142,8 +145,8 @@ def test_stage_refuses_a_model_with_other_classes(tmp_path, monkeypatch):
 
     _write_toy_project(tmp_path, n_train=2, n_val=2)
     monkeypatch.chdir(tmp_path)
-    save_segmenter(build_segmenter(defaults().seg.replace(decoder_channels=16), 6),
+    save_segmenter(build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 6),
                    tmp_path / "models/segmenter/model.pt",
                    [str(i) for i in range(6)])
     with pytest.raises(DataError, match="6 classes"):
-        stage.run(load_params(overrides={"runtime": {"device": "cpu"}}))
+        stage.run(load_params(profile="scratch", overrides={"runtime": {"device": "cpu"}}))

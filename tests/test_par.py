@@ -8,6 +8,7 @@ import torch
 from pipeline.config import defaults
 from pipeline.postprocess.par import gather_neighbours, neighbour_offsets, par_kernel, par_refine
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 def test_neighbour_offsets_and_replicate_padding():
     offs = neighbour_offsets([1, 2])
@@ -25,7 +26,7 @@ def test_neighbour_offsets_and_replicate_padding():
 
 def _cfg(**changes):
     """The PAR section with the kernel constants these hand computations assume (the paper's values)."""
-    return defaults().par.replace(**{"c_i": 0.3, "c_l": 0.3, "w_i": 1.0, "w_l": 0.01, **changes})
+    return SCRATCH.par.replace(**{"c_i": 0.3, "c_l": 0.3, "w_i": 1.0, "w_l": 0.01, **changes})
 
 
 def test_kernel_rows_sum_to_w_i_plus_w_l():

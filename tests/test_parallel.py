@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import defaults
 from pipeline.parallel import chunked, map_items
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 def _affine(x: int, a: int, b: int) -> int:
     return a * x + b
@@ -24,7 +25,7 @@ def test_chunked_keeps_order_and_covers_all():
 def test_local_runners_match_serial(runner):
     fn = functools.partial(_affine, a=3, b=1)
     items = list(range(25))
-    assert map_items(fn, items, defaults().runtime.replace(task_runner=runner, workers=2)) == [3 * x + 1 for x in items]
+    assert map_items(fn, items, SCRATCH.runtime.replace(task_runner=runner, workers=2)) == [3 * x + 1 for x in items]
 
 
 @pytest.mark.slow
@@ -32,6 +33,6 @@ def test_dask_runner_matches_serial(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     fn = functools.partial(_affine, a=2, b=-5)
     items = list(range(30))
-    serial = map_items(fn, items, defaults().runtime.replace(task_runner="serial"))
-    dask = map_items(fn, items, defaults().runtime.replace(task_runner="dask", workers=2))
+    serial = map_items(fn, items, SCRATCH.runtime.replace(task_runner="serial"))
+    dask = map_items(fn, items, SCRATCH.runtime.replace(task_runner="dask", workers=2))
     assert dask == serial

@@ -106,6 +106,12 @@ def test_every_stage_produced_its_outputs(smoke_repo):
     cams = json.loads((smoke_repo / "reports/cams/metrics.json").read_text())
     assert {"cam", "avg", "aream"} <= set(cams)
     assert not (smoke_repo / "data/prepared/toyvoc").exists()  # generate_toy writes data/toyvoc
+    assert json.loads((smoke_repo / "reports/pretrain/metrics.json").read_text())["classes"] == 8
+    assert (smoke_repo / "weights/pretrained_vit.pth").is_file()
+    assert (smoke_repo / "weights/efficientnet_lite0.pth").is_file()
+    assert set(json.loads((smoke_repo / "reports/table1.json").read_text())) == {
+        "cams", "cams_affinity", "cams_affinity_aream", "cams_affinity_aream_par", "post_processed", "seg_val",
+        "seg_val_gt"}
     report = (smoke_repo / "reports/report.md").read_text()
     assert "Table I" in report and "Segmentation" in report and "fully supervised bound" in report
 
@@ -147,8 +153,8 @@ def test_a_code_edit_reruns_exactly_the_stages_that_import_it(smoke_repo):
     # the case of a finished classifier "resumed" under new code: now it trains, from epoch 1
     train_py = smoke_repo / "pipeline" / "train_cls.py"
     train_py.write_bytes(train_py.read_bytes() + b"\n# an edit\n")
-    r = _dvc("repro", "train_cls", cwd=smoke_repo)
-    assert "resuming" not in r.stderr and "train_cls: epoch 1/" in r.stderr
+    r = _dvc("repro", "train_cls", "train_cls_base", cwd=smoke_repo)  # both import pipeline/train_cls.py
+    assert "resuming" not in r.stderr and "train_cls: epoch 1/" in r.stderr and "train_cls_base: epoch 1/" in r.stderr
 
 
 def test_a_bad_parameter_stops_the_run_before_anything_is_deleted(smoke_repo):
@@ -177,6 +183,26 @@ def test_a_skipped_upper_bound_completes_the_dag(smoke_repo):
     (smoke_repo / "params.yaml").write_text(params)
     r = _dvc("repro", cwd=smoke_repo)  # back: the run cache restores the bound without training it
     assert "train_seg_gt: epoch" not in r.stdout + r.stderr
+    assert _changed(smoke_repo) == set()
+
+
+def test_a_skipped_baseline_completes_the_dag(smoke_repo):
+    """baseline.enabled: false skips train_cls_base and export_cams_base (Table I's first rows become null);
+    switching it back restores them from the run cache without training."""
+    params = (smoke_repo / "params.yaml").read_text()
+    table = json.loads((smoke_repo / "reports/table1.json").read_text())
+    assert table["cams"] is not None and table["cams_affinity"] is not None
+    _edit_params(smoke_repo, "baseline", "enabled", False)
+    r = _dvc("repro", cwd=smoke_repo)
+    assert "train_cls_base: epoch" not in r.stdout + r.stderr
+    assert "train_cls: epoch" not in r.stdout + r.stderr  # the AReAM branch does not depend on the switch
+    assert json.loads((smoke_repo / "reports/cams_base/metrics.json").read_text())["skipped"] is True
+    skipped = json.loads((smoke_repo / "reports/table1.json").read_text())
+    assert skipped["cams"] is None and skipped["cams_affinity_aream"] == table["cams_affinity_aream"]
+    (smoke_repo / "params.yaml").write_text(params)
+    r = _dvc("repro", cwd=smoke_repo)
+    assert "train_cls_base: epoch" not in r.stdout + r.stderr
+    assert json.loads((smoke_repo / "reports/table1.json").read_text()) == table
     assert _changed(smoke_repo) == set()
 
 
@@ -256,10 +282,11 @@ def test_files_changed_under_an_external_root_are_seen(external_repo):
 
 def test_replaced_weights_at_the_same_path_are_seen(external_repo):
     repo, _ = external_repo
-    make = ("import sys, torch; from pipeline.config import Seg; from pipeline.models.segmenter import "
+    make = ("import sys, torch; from pipeline.config import defaults; from pipeline.models.segmenter import "
             "build_segmenter; torch.manual_seed(int(sys.argv[1])); "
-            "torch.save(build_segmenter(defaults().seg, 7).net.encoder.state_dict(), 'weights/r18.pth')")
+            "torch.save(build_segmenter(defaults('scratch').seg, 7).net.encoder.state_dict(), 'weights/r18.pth')")
     _run([str(BIN / "python"), "-c", make, "1"], repo)
+    _edit_params(repo, "seg", "encoder", "resnet18")
     _edit_params(repo, "seg", "encoder_weights", "r18.pth")
     _edit_params(repo, "seg", "epochs", 1)
     _dvc("repro", "train_seg_gt", cwd=repo)

@@ -62,7 +62,7 @@ def tiny_params(**sections):
                    "radius": 3, "logt": 3}}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
-    return load_params(overrides=raw)
+    return load_params(profile="scratch", overrides=raw)
 
 
 def check_scores(root, method: str) -> None:

@@ -14,6 +14,8 @@ from pipeline.models.segmenter import build_segmenter, save_segmenter
 from pipeline.palette import voc_palette
 from pipeline.predict import collect_inputs, main
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def model_path(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_segmenter(build_segmenter(defaults().seg.replace(decoder_channels=16), 4), path, ["background", "a", "b", "c"])
+    save_segmenter(build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 4), path, ["background", "a", "b", "c"])
     return path
 
 

@@ -18,7 +18,7 @@ TOY = {"num_classes": 4, "num_train": 6, "num_val": 3, "min_size": 48, "max_size
 
 
 def _params(**dataset):
-    return load_params(overrides={"runtime": {"task_runner": "serial"}, "dataset": dataset})
+    return load_params(profile="scratch", overrides={"runtime": {"task_runner": "serial"}, "dataset": dataset})
 
 
 def _voc_tree(base: Path) -> Path:

@@ -218,7 +218,7 @@ def test_affinitynet_resumed_after_an_epoch_equals_an_uninterrupted_run():
         label[4:14, 4:14] = 1 + i % 2
         label[14:16] = 255
         labels.append(label)
-    cfg = defaults().psa.replace(crop_size=16, epochs=2, batch_size=2, embed_dim=8, radius=3)
+    cfg = defaults("scratch").psa.replace(crop_size=16, epochs=2, batch_size=2, embed_dim=8, radius=3)
     cpu = torch.device("cpu")
     straight, history = train_affinitynet(images, labels, cfg, cpu, progress=False)
     states = {}

@@ -5,6 +5,7 @@ import json
 from pipeline.config import defaults
 from stages.report import build_report, table_one
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 def test_table_one_rows_in_paper_order():
     cams = {"cam": {"best_miou": 0.5, "best_threshold": 0.3}, "avg": {"best_miou": 0.55, "best_threshold": 0.35},
@@ -21,7 +22,7 @@ def test_report_with_upper_bound_fraction(tmp_path):
     for stage, miou in (("evaluate", 0.4), ("evaluate_gt", 0.5)):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "metrics.json").write_text(json.dumps({"miou": miou, "pixel_acc": 0.9}))
-    text = build_report(defaults(), tmp_path)
+    text = build_report(SCRATCH, tmp_path)
     assert "| trained on `pseudo` labels | 40.0 | 90.0 |" in text
     assert "| trained on ground truth (fully supervised bound) | 50.0 | 90.0 |" in text
     assert "reaches 0.80 of the fully supervised bound" in text
@@ -31,5 +32,21 @@ def test_report_with_upper_bound_fraction(tmp_path):
 def test_report_without_upper_bound_has_no_fraction(tmp_path):
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"miou": 0.4}))
-    text = build_report(defaults(), tmp_path)
+    text = build_report(SCRATCH, tmp_path)
     assert "| 40.0 |" in text and "fully supervised" not in text
+
+
+def test_table_one_takes_each_row_from_its_stage():
+    from pipeline.summary import table_one
+
+    cams = {"cam": {"best_miou": 0.30}, "avg": {"best_miou": 0.40}, "aream": {"best_miou": 0.33}}
+    base = {"cam": {"best_miou": 0.25}, "avg": {"best_miou": 0.28}}
+    post = {"par": {"sweep_miou": 0.45}, "crf": {"sweep_miou": 0.47}, "psa": {"sweep_miou": 0.50}}
+    row = table_one(cams, base, post, {"miou": 0.35}, {"miou": 0.50}, cam_variant="avg", source="psa")
+    assert row == {"cams": 0.25, "cams_affinity": 0.28, "cams_affinity_aream": 0.40, "cams_affinity_aream_par": 0.45,
+                   "post_processed": 0.50, "seg_val": 0.35, "seg_val_gt": 0.50}
+    # PAR refined another variant: its figure is not the "+ AReAM + PAR" row; labels from raw CAMs
+    row = table_one(cams, {"skipped": True}, post, {"miou": 0.35}, {"skipped": True}, cam_variant="cam",
+                    source="avg")
+    assert row["cams_affinity_aream_par"] is None and row["post_processed"] == 0.40
+    assert row["cams"] is None and row["seg_val_gt"] is None

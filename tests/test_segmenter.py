@@ -9,13 +9,15 @@ from pipeline.io import DataError
 from pipeline.models.segmenter import (ASPPv2, build_segmenter, load_segmenter, param_groups, resolved_stride,
                                        save_segmenter)
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3", "deeplabv2"])
 def test_each_arch_gives_input_sized_logits(arch):
     torch.manual_seed(0)
-    model = build_segmenter(defaults().seg.replace(arch=arch, decoder_channels=16), num_classes=5).eval()
+    model = build_segmenter(SCRATCH.seg.replace(arch=arch, decoder_channels=16), num_classes=5).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 37, 50))  # sizes not divisible by the stride: padded inside
     assert out.shape == (2, 5, 37, 50)
@@ -23,10 +25,10 @@ def test_each_arch_gives_input_sized_logits(arch):
 
 
 def test_output_stride_defaults_per_arch_and_override():
-    assert resolved_stride(defaults().seg.replace(arch="deeplabv3plus")) == 16
-    assert resolved_stride(defaults().seg.replace(arch="deeplabv2")) == 8
-    assert resolved_stride(defaults().seg.replace(arch="deeplabv2", output_stride=16)) == 16
-    model = build_segmenter(defaults().seg.replace(arch="deeplabv2"), 3).eval()
+    assert resolved_stride(SCRATCH.seg.replace(arch="deeplabv3plus")) == 16
+    assert resolved_stride(SCRATCH.seg.replace(arch="deeplabv2")) == 8
+    assert resolved_stride(SCRATCH.seg.replace(arch="deeplabv2", output_stride=16)) == 16
+    model = build_segmenter(SCRATCH.seg.replace(arch="deeplabv2"), 3).eval()
     with torch.no_grad():
         feats = model.net.encoder(torch.rand(1, 3, 64, 64))
     assert feats[-1].shape[-2:] == (8, 8)  # dilated: stride 8, not 32
@@ -47,7 +49,7 @@ def test_aspp_v2_sums_its_four_dilated_branches():
 
 def test_save_load_roundtrip(tmp_path):
     torch.manual_seed(0)
-    cfg = defaults().seg.replace(arch="deeplabv3plus", decoder_channels=16)
+    cfg = SCRATCH.seg.replace(arch="deeplabv3plus", decoder_channels=16)
     model = build_segmenter(cfg, 3).eval()
     path = tmp_path / "m" / "model.pt"
     save_segmenter(model, path, ["background", "a", "b"], extra={"params_hash": "x"})
@@ -70,31 +72,31 @@ def test_load_errors_name_the_file(tmp_path):
 
 def test_encoder_weights_from_a_local_file(tmp_path):
     torch.manual_seed(1)
-    source = build_segmenter(defaults().seg.replace(decoder_channels=16), 3)
+    source = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 3)
     state = {f"module.encoder.{k}": v for k, v in source.net.encoder.state_dict().items()}
     state["fc.weight"] = torch.zeros(10, 512)  # a classification head is tolerated
     path = tmp_path / "enc.pth"
     torch.save({"state_dict": state}, path)
     torch.manual_seed(2)
-    model = build_segmenter(defaults().seg.replace(decoder_channels=16, encoder_weights=str(path)), 3)
+    model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16, encoder_weights=str(path)), 3)
     for k, v in source.net.encoder.state_dict().items():
         assert torch.equal(model.net.encoder.state_dict()[k], v), k
 
 
 def test_encoder_weights_errors(tmp_path):
     with pytest.raises(ConfigError, match="seg.encoder_weights"):
-        build_segmenter(defaults().seg.replace(encoder_weights=str(tmp_path / "nope.pth")), 3)
-    other = build_segmenter(defaults().seg.replace(encoder="resnet34", decoder_channels=16), 3)
+        build_segmenter(SCRATCH.seg.replace(encoder_weights=str(tmp_path / "nope.pth")), 3)
+    other = build_segmenter(SCRATCH.seg.replace(encoder="resnet34", decoder_channels=16), 3)
     path = tmp_path / "r34.pth"
     torch.save(other.net.encoder.state_dict(), path)
     with pytest.raises(ConfigError, match="does not fit"):
-        build_segmenter(defaults().seg.replace(encoder="resnet18", decoder_channels=16, encoder_weights=str(path)), 3)
+        build_segmenter(SCRATCH.seg.replace(encoder="resnet18", decoder_channels=16, encoder_weights=str(path)), 3)
     with pytest.raises(ConfigError, match="seg.encoder"):
-        build_segmenter(defaults().seg.replace(encoder="no-such-encoder"), 3)
+        build_segmenter(SCRATCH.seg.replace(encoder="no-such-encoder"), 3)
 
 
 def test_param_groups_scale_the_head_lr():
-    model = build_segmenter(defaults().seg.replace(decoder_channels=16), 3)
+    model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 3)
     enc, head = param_groups(model, lr=0.01, head_lr_mult=10, weight_decay=1e-4)
     assert enc["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
     n_all = sum(p.numel() for p in model.parameters())

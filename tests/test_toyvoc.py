@@ -11,7 +11,9 @@ from pipeline.data.toyvoc import (TOY_CLASS_NAMES, _design, body_group, boundary
 from pipeline.palette import voc_palette
 from pipeline.parallel import map_items
 
-SMALL = defaults().dataset.toy.replace(num_classes=6, num_train=6, num_val=3, min_size=48, max_size=72, max_objects=3,
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
+SMALL = SCRATCH.dataset.toy.replace(num_classes=6, num_train=6, num_val=3, min_size=48, max_size=72, max_objects=3,
                                        seed=3)
 
 
@@ -29,7 +31,7 @@ def test_same_spec_gives_byte_identical_files(tmp_path):
 
 def test_parallel_generation_matches_serial(tmp_path):
     generate_toyvoc(tmp_path / "serial", SMALL)
-    runtime = defaults().runtime.replace(task_runner="process", workers=2)
+    runtime = SCRATCH.runtime.replace(task_runner="process", workers=2)
     generate_toyvoc(tmp_path / "pool", SMALL, lambda fn, items, desc: map_items(fn, items, runtime, desc))
     assert _files(tmp_path / "serial") == _files(tmp_path / "pool")
 
@@ -60,7 +62,7 @@ def test_voc_layout_and_palette_mode(tmp_path):
 
 
 def test_labels_values_counts_and_sizes_over_many_images():
-    spec = defaults().dataset.toy.replace(num_classes=20, num_train=40, num_val=2, min_size=64, max_size=112,
+    spec = SCRATCH.dataset.toy.replace(num_classes=20, num_train=40, num_val=2, min_size=64, max_size=112,
                                           max_objects=3)
     counts, heights, widths = [], set(), set()
     for i in range(40):
@@ -103,7 +105,7 @@ def test_boundary_band_has_the_requested_width(width, expected):
 
 
 def test_part_is_small_and_body_is_most_of_the_mask():
-    spec = defaults().dataset.toy.replace(num_classes=6, min_size=96, max_size=128, max_objects=1, boundary=0,
+    spec = SCRATCH.dataset.toy.replace(num_classes=6, min_size=96, max_size=128, max_objects=1, boundary=0,
                                           clutter=0)
     fractions = []
     for i in range(8):

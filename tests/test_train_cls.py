@@ -11,8 +11,9 @@ from PIL import Image
 from pipeline.config import load_params
 from pipeline.training import Checkpoint
 from pipeline.models.vit import ClassifierOutput, build_classifier, load_classifier
+from pipeline.training import lr_factor
 from pipeline.train_cls import (ClassificationDataset, aream_targets, average_precision, build_optimizer,
-                                classification_loss, epoch_order, labels_to_grid, lr_factor, mean_average_precision,
+                                classification_loss, epoch_order, labels_to_grid, mean_average_precision,
                                 present_channels, random_resized_crop_box, train_classifier)
 from pipeline.aream import affinity_loss
 
@@ -30,7 +31,7 @@ def tiny_params(**sections):
     raw = json.loads(json.dumps(TINY))
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return load_params(overrides=raw)
+    return load_params(profile="scratch", overrides=raw)
 
 
 def _write_images(root, split, n, seed):
@@ -242,4 +243,5 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
         m.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
         assert stage.training_hash(params) != tag
     # and params that do not shape training (post-processing) keep the tag
-    assert stage.training_hash(params) == stage.training_hash(load_params(overrides={**TINY, "crf": {"iterations": 3}}))
+    other_crf = load_params(profile="scratch", overrides={**TINY, "crf": {"iterations": 3}})
+    assert stage.training_hash(params) == stage.training_hash(other_crf)

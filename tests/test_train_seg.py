@@ -12,6 +12,8 @@ from pipeline.config import Seg, defaults, load_params
 from pipeline.models.segmenter import build_segmenter
 from pipeline.train_seg import MEAN_RGB, SegTrainSet, TrainState, augment, poly_lr, segmentation_loss, train_segmenter
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 torch.set_num_threads(1)
 COLOURS = np.array([[40, 40, 40], [230, 30, 30], [30, 230, 30], [30, 30, 230]], np.uint8)
 
@@ -33,7 +35,7 @@ def square_pairs(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray
 
 def tiny_cfg(**kw) -> Seg:
     base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=1e-3, scale_range=[0.75, 1.25])
-    return defaults().seg.replace(**{**base, **kw})
+    return SCRATCH.seg.replace(**{**base, **kw})
 
 
 def test_loss_of_uniform_logits_is_log_k_and_ignores_255():
@@ -151,7 +153,8 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
 
     _write_toy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
-    params = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1},
+    params = load_params(profile="scratch",
+                         overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1},
                                     "runtime": {"device": "cpu"}})
     stage.run(params)
     metrics = json.loads((tmp_path / "reports/train_seg/metrics.json").read_text())
@@ -166,7 +169,8 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     assert "resuming" not in capsys.readouterr().err
     assert (tmp_path / "models/segmenter/model.pt").read_bytes() == first
 
-    two = load_params(overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 2},
+    two = load_params(profile="scratch",
+                      overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 2},
                                  "runtime": {"device": "cpu"}})
     real_save = Checkpoint.save
 
@@ -199,12 +203,11 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
 
 def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatch):
     """upper_bound.enabled: false -> train_seg_gt and evaluate_gt write 'skipped' outputs, no model."""
-    from pipeline.config import defaults
     from stages import evaluate, train_seg
     from stages.report import build_report
 
     monkeypatch.chdir(tmp_path)
-    params = defaults().replace(upper_bound={"enabled": False})
+    params = SCRATCH.replace(upper_bound={"enabled": False})
     train_seg.run(params, upper_bound=True)
     assert (tmp_path / "models/segmenter_gt/SKIPPED.txt").is_file()
     assert not (tmp_path / "models/segmenter_gt/model.pt").exists()

@@ -8,8 +8,10 @@ from pipeline.io import DataError
 from pipeline.models.vit import (build_classifier, classifier_payload, image_to_tensor, load_classifier,
                                  save_classifier)
 
+SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
+
 C = 3
-CFG = defaults().classifier.replace(img_size=32, patch_size=8, depth=3, cam_layers=2)
+CFG = SCRATCH.classifier.replace(img_size=32, patch_size=8, depth=3, cam_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,7 @@ def test_pretrained_from_a_local_file(tmp_path):
     ref = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=4)  # stands in for hub weights
     path = tmp_path / "weights.pth"
     torch.save(ref.state_dict(), path)
-    cfg = defaults().classifier.replace(pretrained=str(path), img_size=32, patch_size=16, depth=2)
+    cfg = SCRATCH.classifier.replace(pretrained=str(path), img_size=32, patch_size=16, depth=2)
     m = build_classifier(cfg, C)
     assert len(m.backbone.blocks) == 2
     assert torch.equal(m.backbone.blocks[1].attn.qkv.weight, ref.blocks[1].attn.qkv.weight)

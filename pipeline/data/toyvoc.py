@@ -245,9 +245,12 @@ def _body_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
     return np.array(rgb, np.float32) * 255
 
 
-def _texture_factor(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, a: float) -> np.ndarray:
-    """Brightness modulation of a body, drawn from the texture pool shared by all classes."""
-    kind = BODY_TEXTURES[int(rng.integers(len(BODY_TEXTURES)))]
+def _texture_factor(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, a: float,
+                    kind: str | None = None) -> np.ndarray:
+    """Brightness modulation of a body, drawn from the texture pool shared by all classes (``kind`` fixes
+    the texture; the draw still happens, so the random stream is the same either way)."""
+    drawn = BODY_TEXTURES[int(rng.integers(len(BODY_TEXTURES)))]
+    kind = kind or drawn
     ang = rng.uniform(0, 2 * math.pi)
     proj = u * math.cos(ang) + v * math.sin(ang)
     if kind == "shade":
@@ -272,10 +275,14 @@ class _Placed:
 
 
 def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: int, w: int,
-                 yy: np.ndarray, xx: np.ndarray, scale: float, tries: int = 10) -> _Placed | None:
-    """Draw one object at a random pose with its part fully inside the image (None if that fails)."""
-    shape = BODY_SHAPES[group % len(BODY_SHAPES)]
-    hue = BODY_HUES[group % len(BODY_HUES)]
+                 yy: np.ndarray, xx: np.ndarray, scale: float, tries: int = 10,
+                 look: tuple[str, float, str] | None = None) -> _Placed | None:
+    """Draw one object at a random pose with its part fully inside the image (None if that fails).
+
+    The body's shape and hue come from its body ``group`` and its texture from the shared pool, unless
+    ``look`` = (shape, hue, texture) fixes all three (the pretraining corpus's classes)."""
+    shape = BODY_SHAPES[group % len(BODY_SHAPES)] if look is None else look[0]
+    hue = BODY_HUES[group % len(BODY_HUES)] if look is None else look[1]
     side = min(h, w)
     radius = rng.uniform(0.17, 0.3) * side * scale
     a = radius
@@ -296,7 +303,7 @@ def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: i
     body = _body_mask(shape, u, v, a, b, rng.uniform(0, 2 * math.pi))
     pu, pv = _rotated(yy, xx, py, px, rng.uniform(0, 2 * math.pi))
     part = _part_mask(design.part_shape, pu, pv, rp)
-    colour = _body_colour(rng, hue)[None, None, :] * _texture_factor(rng, u, v, a)[..., None]
+    colour = _body_colour(rng, hue)[None, None, :] * _texture_factor(rng, u, v, a, look and look[2])[..., None]
     use_b = _part_pattern(design.pattern, pu, pv, rp)
     part_rgb = np.where(use_b[..., None], _jitter(rng, design.colour_b, 12), _jitter(rng, design.colour_a, 12))
     colour = np.where(part[..., None], part_rgb, colour).astype(np.float32)

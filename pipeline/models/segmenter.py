@@ -36,7 +36,9 @@ DEFAULT_STRIDE = {"deeplabv3plus": 16, "deeplabv3": 8, "deeplabv2": 8}
 V2_RATES = (6, 12, 18, 24)
 # keys of a Seg section that shape the network (the rest is the training recipe)
 ARCH_KEYS = ("arch", "encoder", "output_stride", "decoder_channels")
-HEAD_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head_fc.")
+# classification heads a whole-network weights file may carry beyond an encoder (EfficientNet: conv_head, bn2)
+HEAD_PREFIXES = tuple(p + h for p in ("", "model.") for h in ("fc.", "classifier.", "head.", "last_linear.", "head_fc.",
+                                                              "conv_head.", "bn2."))
 
 
 class ASPPv2(nn.Module):
@@ -182,6 +184,8 @@ def load_encoder_state(encoder: nn.Module, raw: Any, source: str) -> None:
     if any(k.startswith("encoder.") for k in state):  # a whole model's weights: keep its encoder
         state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     own = encoder.state_dict()
+    if own and all(k.startswith("model.") for k in own) and not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}": v for k, v in state.items()}  # a timm network's file into smp's tu- encoder
     extra = [k for k in state if k not in own and not k.startswith(HEAD_PREFIXES)]
     state = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in state]

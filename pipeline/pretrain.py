@@ -1,0 +1,147 @@
+"""Supervised pretraining of the classifier's ViT on the generated corpus (:mod:`pipeline.data.corpus`).
+
+What ImageNet training is to the paper's DeiT-S: a plain timm ViT of the classifier's architecture
+(``classifier.backbone``, ``patch_size``, ``depth``) with one class token and a linear head over the
+corpus classes, trained with softmax cross-entropy (label smoothing), AdamW, linear warm-up and a cosine
+schedule, random-resized crops and flips. Stage ``train_cls`` then fine-tunes the backbone (the head is
+dropped) exactly as a local DeiT weights file: its class token seeds every class token and its position
+embedding is resampled to the fine-tuning grid.
+
+Randomness is a function of (``pretrain.seed``, epoch, image index), as in the other trainers: the order
+from :func:`pipeline.training.epoch_order`, each image's crop and flip from ``default_rng([seed, epoch,
+index])``; the loop runs on the shared harness (DDP, mixed precision, resumable end-of-epoch states).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import Classifier, Pretrain
+from pipeline.device import seed_everything
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
+                               unwrap, wrap)
+from pipeline.training import progress as progress_bar
+
+
+def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Module:
+    """The classifier's backbone as a plain timm ViT at the corpus image size, with a ``num_classes`` head."""
+    import timm
+
+    return timm.create_model(model_cfg.backbone, pretrained=False, img_size=cfg.image_size,
+                             patch_size=model_cfg.patch_size, depth=model_cfg.depth, num_classes=num_classes,
+                             drop_path_rate=cfg.drop_path)
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a fine-tuning run starts from: every timm key except the classification head."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items() if not k.startswith("head.")}
+
+
+def augment_batch(images: np.ndarray, idx: list[int], size: int, crop_scale: tuple[float, float], seed: int,
+                  epoch: int) -> torch.Tensor:
+    """(B, 3, size, size) ImageNet-normalised crops of ``images[idx]``: per image a random-resized crop
+    (area fraction in ``crop_scale``, aspect 3/4..4/3) and a horizontal flip half the time, drawn from
+    ``default_rng([seed, epoch, index])``."""
+    out = []
+    for i in idx:
+        rng = np.random.default_rng([seed, epoch, i])
+        h, w = images[i].shape[:2]
+        area = rng.uniform(*crop_scale) * h * w
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ch = min(h, max(1, round(math.sqrt(area / aspect))))
+        cw = min(w, max(1, round(math.sqrt(area * aspect))))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = torch.from_numpy(np.ascontiguousarray(images[i][y:y + ch, x:x + cw])).permute(2, 0, 1).float()
+        crop = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=True)[0]
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        out.append(crop)
+    return normalize(torch.stack(out))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in 0..255 -> ImageNet-normalised, as the classifier's input."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
+             batch_size: int, autocast) -> float:
+    """Top-1 accuracy on uncropped images."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float()).to(device)
+        with autocast():
+            pred = model(x).argmax(-1).cpu()
+        correct += int((pred == torch.from_numpy(labels[start:start + batch_size])).sum())
+    return correct / max(1, len(images))
+
+
+def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, np.ndarray],
+                 val: tuple[np.ndarray, np.ndarray], num_classes: int, device: torch.device, *,
+                 dist: Distributed = Distributed(), resume: dict | None = None,
+                 on_epoch: Callable[[int, dict, dict], None] | None = None,
+                 progress: bool = True) -> tuple[nn.Module, list[dict]]:
+    """Train on ``train`` = (images (N, S, S, 3) uint8, labels (N,)) for ``cfg.epochs`` epochs; ``val`` gives
+    the per-epoch top-1 accuracy (main process). ``resume`` / ``on_epoch(epoch, metrics, state)`` as in
+    :func:`pipeline.train_affinity.train_affinitynet`. Returns the unwrapped model and the history."""
+    images, labels = train
+    seed_everything(cfg.seed)
+    model = build_vit(model_cfg, cfg, num_classes).to(device)
+    net = wrap(model, dist, device)
+    per_rank = max(1, cfg.batch_size // dist.world_size)
+    steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
+    total, warm = steps * cfg.epochs, steps * cfg.warmup_epochs
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, "cosine"))
+    autocast, scaler = amp(device, cfg.amp)
+    start, history = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        start, history = int(resume["epoch"]), list(resume["history"])
+    targets = torch.from_numpy(labels)
+    for epoch in range(start, cfg.epochs):
+        order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
+        net.train()
+        for idx in progress_bar(batches(order, per_rank), f"pretrain epoch {epoch + 1}/{cfg.epochs}",
+                                enabled=progress and dist.is_main):
+            x = augment_batch(images, idx, cfg.image_size, tuple(cfg.crop_scale), cfg.seed, epoch).to(device)
+            y = targets[idx].to(device)
+            with autocast():
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            backward_step(loss, opt, scaler)
+            sched.step()
+            sums += torch.tensor([loss.item() * len(idx), float((logits.argmax(-1) == y).sum()), len(idx)],
+                                 dtype=torch.float64)
+        sums = all_reduce_sum(sums, dist, device)
+        metrics = {"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_acc": float(sums[1] / sums[2]),
+                   "lr": float(sched.get_last_lr()[0])}
+        if dist.is_main:
+            metrics["val_acc"] = accuracy(unwrap(net), val[0], val[1], device, per_rank, autocast)
+        history.append(metrics)
+        if on_epoch is not None:
+            state = {"epoch": epoch + 1, "model": unwrap(net).state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "history": list(history)}
+            on_epoch(epoch + 1, metrics, state)
+    return model.eval(), history

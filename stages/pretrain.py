@@ -1,0 +1,111 @@
+"""Stage `pretrain`: the classifier's ViT pretrained on the generated corpus (the paper's ImageNet step).
+
+Reads the ``pretrain`` section and the classifier's architecture (``classifier.backbone``, ``patch_size``,
+``depth``); renders the corpus in memory (:mod:`pipeline.data.corpus`: image-level labels only, no toy
+class design, no mask) and trains a plain ViT on it (:mod:`pipeline.pretrain`). Writes
+
+- ``weights/pretrained_vit.pth``: the backbone's timm state dict without the head. The default
+  ``classifier.pretrained`` names it, so ``train_cls`` depends on it through DVC and fine-tunes it as it
+  would a DeiT file: a pretraining edit reruns the classifier and what follows, nothing else;
+- ``reports/pretrain/metrics.json`` (final loss, train / held-out top-1) and per-epoch curves.
+
+``pretrain.enabled: false`` writes a placeholder instead (stage ``check`` then refuses
+``classifier.pretrained: pretrained_vit.pth``). Resumable like the other trainers (``models/pretrain_ckpt``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import torch
+
+from pipeline.config import PRETRAINED_VIT, Params, weights_file
+from pipeline.data.corpus import corpus_classes, render_chunk
+from pipeline.device import cpu_count
+from pipeline.io import write_json, write_text, write_torch
+from pipeline.parallel import map_items
+from pipeline.pretrain import backbone_state, pretrain_vit
+from pipeline.training import Checkpoint, Curves, setup_distributed, teardown
+from stages._common import MODELS, REPORTS, stage_main, write_empty_plots, write_timing
+from stages._resume import run_tag
+
+OUTPUT = weights_file(PRETRAINED_VIT)
+CHECKPOINT = MODELS / "pretrain_ckpt" / "last.pt"
+REPORT_DIR = REPORTS / "pretrain"
+LIVE_KEYS = ("loss", "train_acc", "val_acc", "lr")
+CHUNK = 256  # images per rendering job
+
+
+def render_split(params: Params, classes, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    cfg = params.pretrain
+    jobs = [(split, s, min(s + CHUNK, count)) for s in range(0, count, CHUNK)]
+    fn = functools.partial(render_chunk, classes=classes, seed=cfg.seed, size=cfg.image_size)
+    parts = map_items(fn, jobs, params.runtime, desc=f"corpus {split}")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def write_skipped() -> None:
+    write_text(OUTPUT, "pretrain.enabled is false: no pretrained weights here\n")
+    write_json(REPORT_DIR / "metrics.json", {"skipped": True})
+    write_empty_plots(REPORT_DIR / "live", LIVE_KEYS)
+    print("pretrain: skipped (pretrain.enabled: false)", flush=True)
+
+
+def run(params: Params) -> None:
+    cfg, arch = params.pretrain, params.classifier
+    if not cfg.enabled:
+        write_skipped()
+        return
+    classes = corpus_classes(cfg.num_classes)
+    started = time.perf_counter()
+    train = render_split(params, classes, "train", cfg.num_classes * cfg.images_per_class)
+    val = render_split(params, classes, "val", cfg.num_classes * cfg.val_per_class)
+    render_s = time.perf_counter() - started
+    dist, device = setup_distributed(params.runtime.device)
+    if device.type == "cpu" and dist.world_size == 1:
+        torch.set_num_threads(cpu_count())
+    arch_keys = {k: getattr(arch, k) for k in ("backbone", "patch_size", "depth")}
+    tag = run_tag("stages.pretrain", {"pretrain": cfg.model_dump(), "classifier": arch_keys, "device": device.type,
+                                      "world": dist.world_size})
+    checkpoint = Checkpoint(CHECKPOINT, tag, "pretrain", dist)
+    resume = checkpoint.load()
+    curves = Curves(REPORT_DIR / "live", LIVE_KEYS.__contains__, resume["history"] if resume else []) \
+        if dist.is_main else None
+    if dist.is_main:
+        print(f"pretrain: {arch.backbone} depth {arch.depth}, patch {arch.patch_size}, {cfg.image_size} px on "
+              f"{len(train[0])} corpus images of {cfg.num_classes} classes ({len(val[0])} held out), "
+              f"{cfg.epochs} epochs, device {device}", flush=True)
+
+    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
+        if not dist.is_main:
+            return
+        checkpoint.save(state)
+        curves.log(metrics)
+        print(f"pretrain epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.3f} train acc {metrics['train_acc']:.3f} "
+              f"held-out acc {metrics['val_acc']:.3f}", flush=True)
+
+    try:
+        model, history = pretrain_vit(arch, cfg, train, val, cfg.num_classes, device, dist=dist, resume=resume,
+                                      on_epoch=on_epoch)
+    finally:
+        if curves is not None:
+            curves.end()
+    teardown(dist)
+    if not dist.is_main:
+        return
+    write_torch(OUTPUT, backbone_state(model))
+    final = history[-1]
+    write_json(REPORT_DIR / "metrics.json", {"loss": final["loss"], "train_acc": final["train_acc"],
+                                             "val_acc": final["val_acc"], "epochs": len(history),
+                                             "classes": cfg.num_classes, "images": len(train[0])})
+    write_timing("pretrain", {"render_seconds": round(render_s, 1),
+                              "train_seconds": round(time.perf_counter() - started - render_s, 1)})
+    checkpoint.finish()
+    print(f"pretrain: held-out top-1 {final['val_acc']:.3f} ({cfg.num_classes} classes); weights -> {OUTPUT}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    stage_main(run)
