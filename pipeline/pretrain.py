@@ -26,7 +26,7 @@ from pipeline.config import Classifier, Pretrain
 from pipeline.device import seed_everything
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
-                               unwrap, wrap)
+                               restore_training_state, training_state, unwrap, wrap)
 from pipeline.training import progress as progress_bar
 
 
@@ -109,14 +109,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, "cosine"))
     autocast, scaler = amp(device, cfg.amp)
-    start, history = 0, []
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        start, history = int(resume["epoch"]), list(resume["history"])
+    start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])
     targets = torch.from_numpy(labels)
     for epoch in range(start, cfg.epochs):
         order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
@@ -140,8 +133,5 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
             metrics["val_acc"] = accuracy(unwrap(net), val[0], val[1], device, per_rank, autocast)
         history.append(metrics)
         if on_epoch is not None:
-            state = {"epoch": epoch + 1, "model": unwrap(net).state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "history": list(history)}
-            on_epoch(epoch + 1, metrics, state)
+            on_epoch(epoch + 1, metrics, training_state(epoch + 1, net, opt, sched, scaler, history))
     return model.eval(), history

@@ -27,8 +27,8 @@ from pipeline.device import seed_everything
 from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_labels,
                                          radius_offsets)
 from pipeline.postprocess.psa import downsample_labels, random_crop
-from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap,
-                               wrap)
+from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order,
+                               restore_training_state, training_state, wrap)
 from pipeline.training import progress as progress_bar
 
 SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
@@ -67,14 +67,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** 0.9)
     autocast, scaler = amp(device, cfg.amp, torch.float16)  # PSA's recipe: fp16 with a gradient scaler
-    start, history = 0, []
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        start, history = int(resume["epoch"]), list(resume["history"])
+    start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])
     for epoch in range(start, cfg.epochs):
         order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
         sums = torch.zeros(len(SUMMED) + 1, dtype=torch.float64)  # the SUMMED values, then steps
@@ -97,8 +90,5 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
                    "lr": float(sched.get_last_lr()[0])}
         history.append(metrics)
         if on_epoch is not None:
-            state = {"epoch": epoch + 1, "model": unwrap(net).state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "history": list(history)}
-            on_epoch(epoch + 1, metrics, state)
+            on_epoch(epoch + 1, metrics, training_state(epoch + 1, net, opt, sched, scaler, history))
     return model.eval(), history

@@ -253,6 +253,38 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
+def training_state(epoch: int, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                   history: list[dict]) -> dict:
+    """What a resume needs after ``epoch`` epochs: the weights, optimizer, schedule and scaler states and the
+    per-epoch metrics so far (the order and the augmentations are functions of seed, epoch and index)."""
+    return {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "history": list(history)}
+
+
+def restore_training_state(state: dict, model: nn.Module, optimizer: Any, scheduler: Any,
+                           scaler: Any) -> tuple[int, list[dict]]:
+    """Load a :func:`training_state` back; returns (epochs done, history)."""
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def epoch_hook(checkpoint: "Checkpoint", curves: "Curves | None", dist: Distributed,
+               describe: Callable[[int, dict], str]) -> Callable[[int, dict, dict], None]:
+    """A stage's ``on_epoch(epoch, metrics, state)``: on the main process save the resume state, log the
+    curves and print ``describe(epoch, metrics)``."""
+    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
+        if dist.is_main:
+            checkpoint.save(state)
+            curves.log(metrics)
+            print(describe(epoch, metrics), flush=True)
+    return on_epoch
+
+
 class Curves:
     """Per-epoch dvclive curves in ``live_dir`` (``plots/metrics/<prefix><key>.tsv``) of the ``keys`` of
     each epoch's metrics; ``history`` (a resumed run's earlier epochs) is replayed first."""

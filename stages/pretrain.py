@@ -27,7 +27,7 @@ from pipeline.device import cpu_count
 from pipeline.io import write_json, write_text, write_torch
 from pipeline.parallel import map_items
 from pipeline.pretrain import backbone_state, pretrain_vit
-from pipeline.training import Checkpoint, Curves, setup_distributed, teardown
+from pipeline.training import Checkpoint, Curves, epoch_hook, setup_distributed, teardown
 from stages._common import MODELS, REPORTS, stage_main, write_empty_plots, write_timing
 from stages._resume import run_tag
 
@@ -78,13 +78,9 @@ def run(params: Params) -> None:
               f"{len(train[0])} corpus images of {cfg.num_classes} classes ({len(val[0])} held out), "
               f"{cfg.epochs} epochs, device {device}", flush=True)
 
-    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
-        if not dist.is_main:
-            return
-        checkpoint.save(state)
-        curves.log(metrics)
-        print(f"pretrain epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.3f} train acc {metrics['train_acc']:.3f} "
-              f"held-out acc {metrics['val_acc']:.3f}", flush=True)
+    on_epoch = epoch_hook(checkpoint, curves, dist, lambda epoch, m: (
+        f"pretrain epoch {epoch}/{cfg.epochs}: loss {m['loss']:.3f} train acc {m['train_acc']:.3f} "
+        f"held-out acc {m['val_acc']:.3f}"))
 
     try:
         model, history = pretrain_vit(arch, cfg, train, val, cfg.num_classes, device, dist=dist, resume=resume,

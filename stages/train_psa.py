@@ -32,7 +32,7 @@ from pipeline.postprocess.crf import background_probs, crf_inference
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_labels
 from pipeline.train_affinity import SUMMED, train_affinitynet
-from pipeline.training import Checkpoint, Curves, gather_shards, setup_distributed, teardown
+from pipeline.training import Checkpoint, Curves, epoch_hook, gather_shards, setup_distributed, teardown
 from stages._cam_inputs import load_cam_inputs
 from stages._common import AFFINITYNET, AFFINITYNET_CKPT, MANIFEST, PREPARED, REPORTS, stage_main
 from stages._resume import run_tag
@@ -103,13 +103,9 @@ def run(params: Params) -> None:
     resume = checkpoint.load()
     curves = Curves(LIVE_DIR, CURVES.__contains__, resume["history"] if resume else []) if dist.is_main else None
 
-    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
-        if not dist.is_main:
-            return
-        checkpoint.save(state)
-        curves.log(metrics)
-        print(f"epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f} (bg {metrics['bg_loss']:.3f} fg "
-              f"{metrics['fg_loss']:.3f} neg {metrics['neg_loss']:.3f})", flush=True)
+    on_epoch = epoch_hook(checkpoint, curves, dist, lambda epoch, m: (
+        f"epoch {epoch}/{cfg.epochs}: loss {m['loss']:.4f} (bg {m['bg_loss']:.3f} fg {m['fg_loss']:.3f} "
+        f"neg {m['neg_loss']:.3f})"))
 
     try:
         model, history = train_affinitynet(images, labels, cfg, device, dist=dist, resume=resume, on_epoch=on_epoch)
