@@ -16,17 +16,16 @@ untouched; DVC itself deletes it before the command runs, which is why stage ``c
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Dataset, Params, Runtime
-from pipeline.data.coco import CocoItem, coco_classes, coco_items, load_coco_json, rasterize
-from pipeline.data.manifest import Manifest, Sample
+from pipeline.data.coco import coco_classes, coco_items, load_coco_json, write_coco_sample
+from pipeline.data.manifest import Manifest, manifest_summary
 from pipeline.data.toyvoc import toy_class_names
-from pipeline.data.voc import VOC_CLASSES, check_image, read_voc
-from pipeline.io import DataError, atomic_dir, file_sha256, write_json, write_label_png
+from pipeline.data.voc import VOC_CLASSES, read_voc
+from pipeline.io import DataError, atomic_dir, file_sha256, write_json
 from pipeline.parallel import map_items
 from stages._common import MANIFEST, PREPARED, stage_main
 from stages.check import check_dataset_params
@@ -79,21 +78,6 @@ def prepare_voc(ds: Dataset, runtime: Runtime) -> Manifest:
     return Manifest("voc", VOC_CLASSES, splits)
 
 
-def coco_sample(item: CocoItem, out_dir: str, final_dir: str) -> Sample:
-    """Check one COCO image against its annotation record, write its rasterised mask, return its Sample."""
-    size = check_image(item.image)
-    if size != (item.height, item.width):
-        raise DataError(f"{item.image}: image is {size[1]}x{size[0]} but its annotation says "
-                        f"{item.width}x{item.height}")
-    try:
-        label = rasterize(item.anns, item.height, item.width)
-    except ValueError as err:
-        raise DataError(f"{item.image}: bad segmentation in its annotations ({err})") from None
-    write_label_png(Path(out_dir) / f"{item.id}.png", label)
-    return Sample(item.id, str(Path(item.image).absolute()), (Path(final_dir) / f"{item.id}.png").as_posix(),
-                  item.labels)
-
-
 def prepare_coco(ds: Dataset, runtime: Runtime, tmp: Path) -> Manifest:
     root = Path(ds.root).absolute()
     if not root.is_dir():
@@ -115,23 +99,9 @@ def prepare_coco(ds: Dataset, runtime: Runtime, tmp: Path) -> Manifest:
             items = items[:ds.max_images]
         if not items:
             raise DataError(f"{ann_path}: no usable images in split {source!r}")
-        fn = partial(coco_sample, out_dir=str(tmp / "masks" / split), final_dir=str(PREPARED / "masks" / split))
+        fn = partial(write_coco_sample, out_dir=str(tmp / "masks" / split), final_dir=str(PREPARED / "masks" / split))
         splits[split] = tuple(map_fn(fn, items, f"coco {split} masks"))
     return Manifest("coco", tuple(names or ()), splits)
-
-
-def summarize(manifest: Manifest) -> dict:
-    """Counts per split and label frequency (images containing each class)."""
-    out: dict = {"dataset": manifest.dataset, "num_classes": manifest.num_classes, "splits": {}}
-    for name, samples in manifest.splits.items():
-        freq = Counter(k for s in samples for k in s.labels)
-        out["splits"][name] = {
-            "images": len(samples),
-            "with_mask": sum(s.mask is not None for s in samples),
-            "labels_per_image": round(sum(len(s.labels) for s in samples) / max(len(samples), 1), 4),
-            "label_frequency": {manifest.class_names[k]: freq.get(k, 0) for k in range(1, manifest.num_classes + 1)},
-        }
-    return out
 
 
 def run(params: Params) -> Manifest:
@@ -149,7 +119,7 @@ def run(params: Params) -> Manifest:
                 raise DataError(f"{ds.name}: split {name!r} is empty")
         write_json(tmp / MANIFEST.name, manifest.to_dict())
         digest = content_digest(manifest, params.runtime, tmp)
-        write_json(tmp / SUMMARY.name, {**summarize(manifest), "content_sha256": digest})
+        write_json(tmp / SUMMARY.name, {**manifest_summary(manifest), "content_sha256": digest})
     sizes = ", ".join(f"{k}: {len(v)}" for k, v in manifest.splits.items())
     print(f"prepared {ds.name}: {manifest.num_classes} classes, {sizes} -> {MANIFEST}")
     return manifest

@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.io import DataError, read_json
+from pipeline.data.manifest import Sample
+from pipeline.data.voc import check_image
+from pipeline.io import DataError, read_json, write_label_png
 from pipeline.palette import IGNORE_INDEX
 
 
@@ -117,3 +119,20 @@ def rasterize(anns: Sequence[CocoAnn], height: int, width: int) -> np.ndarray:
     for _, category, m in sorted(instances, key=lambda t: -t[0]):  # stable: ties keep file order
         label[m] = category
     return label
+
+
+def write_coco_sample(item: CocoItem, out_dir: str, final_dir: str) -> Sample:
+    """Check one COCO image against its annotation record, write its rasterised mask to ``out_dir`` and
+    return its Sample, whose mask path is in ``final_dir`` (where ``out_dir`` will be moved)."""
+
+    size = check_image(item.image)
+    if size != (item.height, item.width):
+        raise DataError(f"{item.image}: image is {size[1]}x{size[0]} but its annotation says "
+                        f"{item.width}x{item.height}")
+    try:
+        label = rasterize(item.anns, item.height, item.width)
+    except ValueError as err:
+        raise DataError(f"{item.image}: bad segmentation in its annotations ({err})") from None
+    write_label_png(Path(out_dir) / f"{item.id}.png", label)
+    return Sample(item.id, str(Path(item.image).absolute()), (Path(final_dir) / f"{item.id}.png").as_posix(),
+                  item.labels)

@@ -141,3 +141,19 @@ def validate_mask(mask: np.ndarray, image_size: tuple[int, int], num_classes: in
     if (mask < 0).any() or bad:
         shown = ", ".join(str(v) for v in bad[:8]) or "negative values"
         raise DataError(f"{path}: label values {shown} outside 0..{num_classes} and {IGNORE_INDEX}")
+
+
+def manifest_summary(manifest: Manifest) -> dict:
+    """Counts per split and label frequency (images containing each class): stage prepare's summary.json."""
+    from collections import Counter
+
+    out: dict = {"dataset": manifest.dataset, "num_classes": manifest.num_classes, "splits": {}}
+    for name, samples in manifest.splits.items():
+        freq = Counter(k for s in samples for k in s.labels)
+        out["splits"][name] = {
+            "images": len(samples),
+            "with_mask": sum(s.mask is not None for s in samples),
+            "labels_per_image": round(sum(len(s.labels) for s in samples) / max(len(samples), 1), 4),
+            "label_frequency": {manifest.class_names[k]: freq.get(k, 0) for k in range(1, manifest.num_classes + 1)},
+        }
+    return out
