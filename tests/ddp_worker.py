@@ -1,6 +1,6 @@
 """One trainer of pipeline/ on tiny data, for ``torchrun --nproc_per_node 2`` (gloo on the CPU).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py classifier|segmenter|affinitynet OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py classifier|segmenter|affinitynet|pretrain OUT
 
 Each process writes OUT/rank<r>.json with a digest of its final parameters; tests/test_ddp.py checks that
 both processes finished (an uneven split of the samples would hang the last step) and agree.
@@ -84,6 +84,15 @@ def main(which: str, out: Path) -> None:
         model = build_segmenter(cfg, 4)
         history = train_segmenter(wrap(model, dist, device), SegTrainSet(data, cfg), cfg, device, dist=dist,
                                   progress=False)
+        finished = len(history) == cfg.epochs
+    elif which == "pretrain":
+        from pipeline.data.corpus import corpus_classes, render_chunk
+        from pipeline.pretrain import pretrain_vit
+
+        corpus = render_chunk(("train", 0, 9), corpus_classes(3), seed=0, size=24)
+        cfg = SCRATCH.pretrain.replace(num_classes=3, image_size=24, epochs=2, batch_size=4, warmup_epochs=1)
+        arch = SCRATCH.classifier.replace(patch_size=8, depth=2)
+        model, history = pretrain_vit(arch, cfg, corpus, corpus, 3, device, dist=dist, progress=False)
         finished = len(history) == cfg.epochs
     else:
         from pipeline.train_affinity import train_affinitynet

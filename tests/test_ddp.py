@@ -19,7 +19,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["classifier", "segmenter", "affinitynet"])
+@pytest.mark.parametrize("trainer", ["classifier", "segmenter", "affinitynet", "pretrain"])
 def test_two_processes_finish_and_agree(trainer, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
