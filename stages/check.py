@@ -8,7 +8,8 @@ toy root) depends on its output, and it fails before anything downstream is touc
 - every key of params.yaml (types, ranges, unknown keys: :mod:`pipeline.config`), ``runtime`` included;
 - the dataset root: its layout, the split lists (with a hint for SBD's ``train_aug``), that every listed
   image and every val mask exists. Files are not decoded here: stage ``prepare`` does that;
-- the starting weights: a keyword or a file under ``weights/`` (:func:`pipeline.config.weights_file`).
+- the starting weights: a keyword, a file under ``weights/`` (:func:`pipeline.config.weights_file`), or one
+  of the files later stages write there (``pipeline.config.BUILT_WEIGHTS``), for the networks it fits.
 
 Its output ``data/checked.json`` has the same bytes whenever the check passes, so a valid edit reruns only
 the stages whose own params or inputs changed.
