@@ -14,6 +14,10 @@ train_cls, aream, par (and dataset, for the checkpoint tag). Writes
   layer) as DVC plots; ``reports/train_cls/metrics.json``: the final values (wall time and throughput go
   to ``reports/timing/train_cls.json``, outside DVC, so the outputs are the same bytes in every run).
 
+``python -m stages.train_cls --baseline`` (stage ``train_cls_base``) trains the same recipe with
+``aream.enabled`` forced off into ``models/classifier_base`` and ``reports/train_cls_base``: the "w/o
+AReAM" classifier whose CAMs give Table I's first rows (``baseline.enabled: false`` skips it).
+
 Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_node=G -m stages.train_cls``
 (``train_cls.batch_size`` is the global batch, split over the processes; only rank 0 writes).
 """
