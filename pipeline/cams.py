@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Cams
 from pipeline.aream import layer_entropy, normalize_cams, reactivation_weights, refine_cams
+from pipeline.config import Cams
 from pipeline.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
 VARIANTS = ("cam", "avg", "aream", "first_k")

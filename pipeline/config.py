@@ -172,7 +172,7 @@ class Pretrain(Section):
 
 class AReAM(Section):
     enabled: bool
-    lam: float = Field(ge=0)  # lambda of Eq. 20 (the paper: 0.2, pretrained; see params.yaml)
+    lam: float = Field(ge=0)  # lambda of Eq. 20 (the paper and the default: 0.2; scratch profile: 0.05)
     start_epoch: int = Field(ge=0)  # classification-only warm-up epochs before L_aff
     alpha1: float = Field(gt=0, lt=1)  # Eq. 16 background threshold
     alpha2: float = Field(gt=0, lt=1)  # Eq. 16 foreground threshold
@@ -229,7 +229,7 @@ class Analysis(Section):
 
 
 class Post(Section):
-    cam_variant: Literal["cam", "avg", "aream", "first_k"]  # input of PAR / CRF / PSA (voc profile: avg)
+    cam_variant: Literal["cam", "avg", "aream", "first_k"]  # input of PAR / CRF / PSA (default avg; scratch: cam)
 
 
 class CRFKernels(Section):

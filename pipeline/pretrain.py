@@ -26,7 +26,7 @@ from pipeline.config import Classifier, Pretrain
 from pipeline.device import seed_everything
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
-                               restore_training_state, training_state, unwrap, wrap)
+                               restore_training_state, training_state, unwrap, weight_decay_groups, wrap)
 from pipeline.training import progress as progress_bar
 
 
@@ -103,10 +103,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
     per_rank = max(1, cfg.batch_size // dist.world_size)
     steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
     total, warm = steps * cfg.epochs, steps * cfg.warmup_epochs
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, "cosine"))
     autocast, scaler = amp(device, cfg.amp)
     start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])

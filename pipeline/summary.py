@@ -36,8 +36,8 @@ def table_one(cams: dict | None, cams_base: dict | None, post: dict[str, dict | 
     def best(m: dict, variant: str) -> float | None:
         return (m.get(variant) or {}).get("best_miou")
 
-    par = (_usable(post.get("par")) or {}).get("sweep_miou") if cam_variant == "avg" else None
-    processed = (_usable(post.get(source)) or {}).get("sweep_miou") if source in POST_SOURCES else best(cams, source)
+    par = _usable(post.get("par")).get("sweep_miou") if cam_variant == "avg" else None
+    processed = _usable(post.get(source)).get("sweep_miou") if source in POST_SOURCES else best(cams, source)
     return {"cams": best(base, "cam"), "cams_affinity": best(base, "avg"), "cams_affinity_aream": best(cams, "avg"),
             "cams_affinity_aream_par": par, "post_processed": processed,
             "seg_val": _usable(seg).get("miou"), "seg_val_gt": _usable(seg_gt).get("miou")}

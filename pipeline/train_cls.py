@@ -55,8 +55,9 @@ from pipeline.io import read_rgb
 from pipeline.models.vit import ClassifierOutput, build_classifier, image_to_tensor
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_refine
-from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, lr_factor, rng_states,
-                               set_rng_states, unwrap, wrap)
+from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, lr_factor,
+                               restore_training_state, rng_states, set_rng_states, training_state, unwrap,
+                               weight_decay_groups, wrap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,12 +233,7 @@ def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, a: 
 def build_optimizer(model: nn.Module, t: TrainCls) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum 0.9) as ``t`` (the ``train_cls`` section) says; no weight decay on biases,
     norms, tokens and position embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or "token" in name or "pos_embed" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = weight_decay_groups(model, t.weight_decay)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
@@ -374,13 +370,8 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
     autocast, scaler = amp(device, t.amp)
     fixed, history, start = None, [], 0
     if resume:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+        start, history = restore_training_state(resume, model, optimizer, scheduler, scaler)
         fixed = resume.get("fixed_weights")
-        history, start = list(resume.get("history", [])), int(resume["epoch"])
         set_rng_states(resume["rng"])
     net = wrap(model, dist, device)
     pin = device.type == "cuda"
@@ -429,9 +420,8 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
         history.append(metrics)
         result.epochs_run += 1
         if dist.is_main:
-            cb.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                           "epoch": epoch + 1, "rng": rng_states(), "fixed_weights": fixed, "history": history})
+            cb.checkpoint({**training_state(epoch + 1, model, optimizer, scheduler, scaler, history),
+                           "rng": rng_states(), "fixed_weights": fixed})
             cb.log(epoch + 1, metrics)
         barrier(dist)
     result.finished = True

@@ -151,6 +151,16 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, pow
     return 1.0
 
 
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer parameter groups, the DeiT rule: ``weight_decay`` on weight matrices, none on biases,
+    norms, tokens and position embeddings; frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or "token" in name or "pos_embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def batches(order: Sequence[int], batch_size: int, drop_single: bool = False) -> list[list[int]]:
     """Consecutive batches of ``order``; ``drop_single`` drops a trailing batch of one sample (BatchNorm
     cannot train on it)."""

@@ -28,9 +28,6 @@ from pipeline.io import DataError, write_bytes, write_json, write_text
 from stages._classifier import load_trained_classifier
 from stages._common import CAMS, CAMS_BASE, CLASSIFIER, CLASSIFIER_BASE, MANIFEST, REPORTS, SKIPPED, stage_main
 
-MODEL = CLASSIFIER / "model.pt"
-METRICS = REPORTS / "cams" / "metrics.json"
-SWEEP_CSV = REPORTS / "cams" / "sweep.csv"
 BASELINE_VARIANTS = ["cam", "avg"]  # Table I: "CAMs" and "CAMs + Affinity" of the w/o-AReAM classifier
 
 
@@ -39,7 +36,7 @@ def run(params: Params, baseline: bool = False) -> None:
     w/o-AReAM classifier (models/classifier_base) into data/cams_base and reports/cams_base."""
     cfg = params.cams
     folder, out_dir, report = (CLASSIFIER_BASE, CAMS_BASE, REPORTS / "cams_base") if baseline else \
-        (CLASSIFIER, CAMS, METRICS.parent)
+        (CLASSIFIER, CAMS, REPORTS / "cams")
     if baseline:
         if not params.baseline.enabled:
             write_text(out_dir / SKIPPED, "baseline.enabled is false: no baseline CAMs\n")

@@ -13,6 +13,11 @@ def test_no_toy_class_design_enters_the_corpus():
     classes = corpus_classes(MAX_CORPUS_CLASSES)
     assert not {c.part.name for c in classes} & toy
     assert len(FREE_MARKS) == len(set(FREE_MARKS))
+    # the params schema's bound on pretrain.num_classes is this limit (config cannot import the corpus)
+    from pipeline.config import Pretrain
+
+    bounds = [m.le for m in Pretrain.model_fields["num_classes"].metadata if getattr(m, "le", None) is not None]
+    assert bounds == [MAX_CORPUS_CLASSES]
 
 
 def test_a_class_needs_its_mark_and_its_body():
