@@ -2,10 +2,11 @@
 
 The report stage describes one run; the ablations are several runs. This command reads every
 experiment DVC knows (``dvc.api.exp_show``: the workspace, the baseline commit and each
-experiment) and writes one table with the parameters that differ between them and the Table I
-columns (CAM, + affinity, + AReAM weights, + PAR / CRF / PSA, Eq. 16 pseudo labels, segmentation
-and its fully supervised bound). When ``aream.lam`` differs between experiments it also writes
-the lambda sweep (Table II).
+experiment) and writes one table with the parameters that differ between them and the run's
+headline figures from ``reports/metrics.json`` (classifier mAP; Table I: CAM, + affinity, + AReAM,
+post-processed; segmentation and its fraction of the fully supervised bound). When ``aream.lam``
+differs between experiments it also writes the lambda sweep (Table II). The per-method detail
+(PAR / CRF / PSA, Eq. 16 labels) of one run is in its ``reports/report.md``.
 
     python -m pipeline.compare                      # prints the tables
     python -m pipeline.compare --out reports/experiments.md
@@ -18,22 +19,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.markdown import pct, table
+from pipeline.markdown import table
 
-# (column title, metrics file, key inside it): the Table I columns, in the paper's order
+# (column title, metrics file, key inside it): the run's headline figures (pipeline.summary.HEADLINE),
+# the Table I columns in the paper's order; mAP and mIoU already in percent, seg_frac a fraction
+HEADLINE_FILE = "reports/metrics.json"
 METRICS: tuple[tuple[str, str, str], ...] = (
-    ("val mAP", "reports/train_cls/metrics.json", "val_map"),
-    ("CAM", "reports/cams/metrics.json", "cam.best_miou"),
-    ("+ affinity", "reports/cams/metrics.json", "avg.best_miou"),
-    ("+ AReAM weights", "reports/cams/metrics.json", "aream.best_miou"),
-    ("+ PAR", "reports/postprocess/par.json", "sweep_miou"),
-    ("+ CRF", "reports/postprocess/crf.json", "sweep_miou"),
-    ("+ PSA", "reports/postprocess/psa.json", "sweep_miou"),
-    ("pseudo labels", "reports/pseudo/metrics.json", "miou"),
-    ("seg", "reports/evaluate/metrics.json", "miou"),
-    ("seg, GT-trained", "reports/evaluate_gt/metrics.json", "miou"),
+    ("val mAP", HEADLINE_FILE, "map"),
+    ("CAM", HEADLINE_FILE, "cam"),
+    ("+ affinity", HEADLINE_FILE, "+aff"),
+    ("+ AReAM", HEADLINE_FILE, "+aream"),
+    ("post-processed", HEADLINE_FILE, "+pp"),
+    ("seg", HEADLINE_FILE, "seg"),
+    ("seg / bound", HEADLINE_FILE, "seg_frac"),
 )
-LAMBDA_METRICS = ("CAM", "+ affinity", "pseudo labels", "seg")
+LAMBDA_METRICS = ("+ AReAM", "post-processed", "seg")
 
 
 def metric(row: dict[str, Any], path: str, key: str) -> float | None:
@@ -66,6 +66,12 @@ def changed_params(rows: Sequence[dict[str, Any]], param_names: Sequence[str]) -
 
 
 
+def _cell(title: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if title == "seg / bound" else f"{value:.1f}"
+
+
 def comparison_markdown(rows: Sequence[dict[str, Any]], param_names: Sequence[str]) -> str:
     """Table I over the experiments (mIoU in %; val mAP as a fraction) and, when ``aream.lam``
     varies, Table II. ``param_names``: the dotted names of params.yaml's keys."""
@@ -78,14 +84,14 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], param_names: Sequence[st
         cells = [row_name(r), *(str(r.get(p, "-")) for p in changed)]
         for title, path, key in METRICS:
             v = metric(r, path, key)
-            cells.append("-" if v is None else (f"{v:.3f}" if title == "val mAP" else pct(v)))
+            cells.append(_cell(title, v))
         body.append(cells)
-    text = ["## Experiments (Table I columns, mIoU %)", "", table(header, body), ""]
+    text = ["## Experiments (Table I columns; mAP and mIoU in %)", "", table(header, body), ""]
     lams = {r.get("aream.lam") for r in rows if r.get("aream.lam") is not None}
     if len(lams) > 1:
         by_title = {title: (path, key) for title, path, key in METRICS}
         sweep = sorted(rows, key=lambda r: float(r.get("aream.lam") or 0))
-        lines = [[str(r.get("aream.lam")), row_name(r), *(pct(metric(r, *by_title[t])) for t in LAMBDA_METRICS)]
+        lines = [[str(r.get("aream.lam")), row_name(r), *(_cell(t, metric(r, *by_title[t])) for t in LAMBDA_METRICS)]
                  for r in sweep]
         text += ["## Lambda sweep (Table II, mIoU %)", "", table(["lambda", "experiment", *LAMBDA_METRICS], lines),
                  ""]
@@ -105,7 +111,8 @@ def param_names(params_file: str | Path = "params.yaml") -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(description="Compare DVC experiments as Markdown (Tables I and II).")
+    cli = argparse.ArgumentParser(prog="python -m pipeline.compare",
+                                  description="Compare DVC experiments as Markdown (Tables I and II).")
     cli.add_argument("--out", type=Path, help="write the Markdown here instead of printing it")
     args = cli.parse_args(argv)
     import dvc.api

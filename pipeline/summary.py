@@ -13,6 +13,9 @@ train split, as the paper reports it):
 - ``seg_val``, ``seg_val_gt``: DeepLab val mIoU trained on the pseudo labels and on the ground truth.
 
 A figure whose stage was skipped (``baseline.enabled`` / ``upper_bound.enabled`` false) is null.
+
+:func:`headline` condenses them into ``reports/metrics.json``, the run's only DVC metrics file: the
+columns of ``dvc exp show`` and ``dvc metrics show`` (:data:`HEADLINE` says what each key is).
 """
 
 from __future__ import annotations
@@ -41,3 +44,27 @@ def table_one(cams: dict | None, cams_base: dict | None, post: dict[str, dict | 
     return {"cams": best(base, "cam"), "cams_affinity": best(base, "avg"), "cams_affinity_aream": best(cams, "avg"),
             "cams_affinity_aream_par": par, "post_processed": processed,
             "seg_val": _usable(seg).get("miou"), "seg_val_gt": _usable(seg_gt).get("miou")}
+
+
+# key of reports/metrics.json -> what it is; mIoU and mAP in percent (2 decimals), seg_frac a fraction
+HEADLINE: dict[str, str] = {
+    "map": "classifier val mAP (AReAM classifier, both heads)",
+    "cam": "Table I, CAMs: w/o-AReAM baseline, raw CAMs (train mIoU, best background threshold)",
+    "+aff": "Table I, + affinity: the baseline's CAMs refined with the average attention affinity",
+    "+aream": "Table I, + AReAM: the AReAM classifier's CAMs refined with its average affinity",
+    "+pp": "Table I, post-processed: the scores the pseudo labels come from (pseudo.source)",
+    "seg": "DeepLab val mIoU, trained on the pseudo labels",
+    "seg_frac": "seg as a fraction of the fully supervised bound (DeepLab trained on ground truth)",
+}
+
+
+def headline(table1: dict[str, Any], val_map: float | None) -> dict[str, float | None]:
+    """``reports/metrics.json`` from :func:`table_one`'s figures and the classifier's val mAP (fractions);
+    a figure that is missing (its stage skipped) stays null."""
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100.0 * float(x), 2)
+
+    seg, bound = table1.get("seg_val"), table1.get("seg_val_gt")
+    return {"map": pct(val_map), "cam": pct(table1.get("cams")), "+aff": pct(table1.get("cams_affinity")),
+            "+aream": pct(table1.get("cams_affinity_aream")), "+pp": pct(table1.get("post_processed")),
+            "seg": pct(seg), "seg_frac": round(float(seg) / float(bound), 3) if seg is not None and bound else None}

@@ -13,12 +13,13 @@ from pathlib import Path
 from pipeline.config import Params
 from pipeline.io import read_json, write_json, write_text
 from pipeline.markdown import pct, table
-from pipeline.summary import POST_SOURCES
+from pipeline.summary import HEADLINE, POST_SOURCES, headline
 from pipeline.summary import table_one as table_one_values
 from stages._common import REPORTS, stage_main
 
 REPORT = REPORTS / "report.md"
 TABLE1 = REPORTS / "table1.json"
+METRICS = REPORTS / "metrics.json"
 
 
 def _load(path: Path) -> dict | None:
@@ -56,8 +57,51 @@ def table_one(cams: dict | None, pseudo: dict | None, post: dict[str, dict | Non
                    "ignored (%)"], rows)
 
 
+# (label, key of train_cls' metrics.json, format); the last epoch unless the label says otherwise
+CLASSIFIER_ROWS = (("val mAP, mean of both heads' probabilities", "val_map", "{:.4f}"),
+                   ("val mAP, class-token head", "val_map_cls", "{:.4f}"),
+                   ("val mAP, patch-token head", "val_map_patch", "{:.4f}"),
+                   ("best val mAP over the epochs", "best_val_map", "{:.4f}"),
+                   ("chance mAP (class frequencies)", "chance_map", "{:.4f}"),
+                   ("classification loss", "loss_cls", "{:.4f}"),
+                   ("AReAM loss (loss_aff)", "loss_aff", "{:.4f}"),
+                   ("epochs", "epochs", "{:d}"))
+
+
+def classifier_table(cls: dict | None, base: dict | None) -> str:
+    """The AReAM classifier beside the w/o-AReAM baseline (when it ran), in words, plus the mean
+    re-activation weights w_hat per layer (Eq. 10) of the last epoch."""
+    cols = [("AReAM classifier" if (cls or {}).get("aream", True) else "classifier (AReAM off)", cls)]
+    if base and not base.get("skipped"):
+        cols.append(("w/o-AReAM baseline", base))
+
+    def cell(m: dict | None, key: str, fmt: str) -> str:
+        v = (m or {}).get(key)
+        if key == "loss_aff" and not (m or {}).get("aream", True):
+            return "-"  # AReAM off: no such loss
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "-"
+        return fmt.format(int(v)) if fmt == "{:d}" else fmt.format(float(v))
+
+    rows = [[label, *(cell(m, key, fmt) for _, m in cols)] for label, key, fmt in CLASSIFIER_ROWS]
+    rows = [r for r in rows if any(c != "-" for c in r[1:])]
+    w_hat = sorted((k for k in (cls or {}) if k.startswith("w_hat_l")), key=lambda k: int(k[len("w_hat_l"):]))
+    if w_hat:
+        rows.append(["mean w_hat per layer (Eq. 10; AReAM classifier)",
+                     " / ".join(f"{float(cls[k]):.2f}" for k in w_hat), *(["-"] * (len(cols) - 1))])
+    return table(["", *(title for title, _ in cols)], rows)
+
+
+def headline_table(head: dict) -> str:
+    """reports/metrics.json in words: the figures `dvc exp show` and `dvc metrics show` list."""
+    rows = [[f"`{k}`", HEADLINE[k], "-" if v is None else (f"{v:.3f}" if k == "seg_frac" else f"{v:.2f}")]
+            for k, v in head.items()]
+    return table(["key", "what", "value"], rows)
+
+
 def build_report(params: Params, reports: Path = REPORTS) -> str:
     cls = _load(reports / "train_cls" / "metrics.json")
+    cls_base = _load(reports / "train_cls_base" / "metrics.json")
     cams = _load(reports / "cams" / "metrics.json")
     base = _load(reports / "cams_base" / "metrics.json")
     pseudo = _load(reports / "pseudo" / "metrics.json")
@@ -72,12 +116,11 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
               f"`{params.pseudo.source}` (alpha1 {params.pseudo.alpha1}, alpha2 {params.pseudo.alpha2}); "
               f"segmentation `{params.seg.arch}`/`{params.seg.encoder}` on `{params.seg.labels}` labels.", ""]
 
+    lines += ["## Headline (`reports/metrics.json`; mAP and mIoU in %)", "",
+              headline_table(headline(table1(params, reports), (cls or {}).get("val_map"))), ""]
+
     lines += ["## Classifier", ""]
-    if cls:
-        keys = [k for k in cls if isinstance(cls[k], (int, float))]
-        lines.append(table(["metric", "value"], [[k, f"{cls[k]:.4g}"] for k in keys]))
-    else:
-        lines.append("_no classifier metrics_")
+    lines.append(classifier_table(cls, cls_base) if cls else "_no classifier metrics_")
 
     lines += ["", "## Pseudo-label quality on the train split (Table I analogue)", "",
               table_one(cams, pseudo, post, base), ""]
@@ -130,8 +173,11 @@ def table1(params: Params, reports: Path = REPORTS) -> dict:
 
 def run(params: Params) -> None:
     write_text(REPORT, build_report(params))
-    write_json(TABLE1, table1(params))
-    print(f"wrote {REPORT} and {TABLE1}")
+    figures = table1(params)
+    write_json(TABLE1, figures)
+    cls = _load(REPORTS / "train_cls" / "metrics.json") or {}
+    write_json(METRICS, headline(figures, cls.get("val_map")))
+    print(f"wrote {REPORT}, {TABLE1} and {METRICS} (`dvc metrics show`)")
 
 
 if __name__ == "__main__":

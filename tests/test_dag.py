@@ -114,3 +114,16 @@ def test_stage_outputs_keep_the_run_cache_on():
                 if opts.get("cache") is False or opts.get("persist"):
                     offenders.append((name, path))
     assert offenders == []
+
+
+def test_the_metric_set_is_compact():
+    """`dvc metrics show` / `dvc exp show` list one column per metric key: only report's headline file is a
+    DVC metric (per-class IoUs, sweeps and training detail are plain cached outputs or plots)."""
+    from pipeline.summary import HEADLINE
+
+    metrics = [(name, m) for name, stage in _stages().items() for m in stage.get("metrics", [])]
+    assert metrics == [("report", "reports/metrics.json")]
+    assert len(HEADLINE) <= 8
+    # every stage's detailed figures are still outputs, so `dvc checkout` brings them back
+    outs = {o if isinstance(o, str) else next(iter(o)) for st in _stages().values() for o in st.get("outs", [])}
+    assert {"reports/evaluate/metrics.json", "reports/cams/metrics.json", "reports/table1.json"} <= outs

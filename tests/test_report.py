@@ -33,7 +33,7 @@ def test_report_without_upper_bound_has_no_fraction(tmp_path):
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"miou": 0.4}))
     text = build_report(SCRATCH, tmp_path)
-    assert "| 40.0 |" in text and "fully supervised" not in text
+    assert "| 40.0 |" in text and "reaches" not in text and "(fully supervised bound)" not in text
 
 
 def test_table_one_takes_each_row_from_its_stage():
@@ -50,3 +50,30 @@ def test_table_one_takes_each_row_from_its_stage():
                     source="avg")
     assert row["cams_affinity_aream_par"] is None and row["post_processed"] == 0.40
     assert row["cams"] is None and row["seg_val_gt"] is None
+
+
+def test_headline_is_table_one_in_percent_with_the_bound_fraction():
+    from pipeline.summary import HEADLINE, headline
+
+    t1 = {"cams": 0.25, "cams_affinity": 0.28, "cams_affinity_aream": 0.40, "cams_affinity_aream_par": 0.45,
+          "post_processed": 0.5, "seg_val": 0.35, "seg_val_gt": 0.5}
+    row = headline(t1, 0.81234)
+    # 0.35 / 0.5 = 0.7; percentages rounded to 2 decimals
+    assert row == {"map": 81.23, "cam": 25.0, "+aff": 28.0, "+aream": 40.0, "+pp": 50.0, "seg": 35.0, "seg_frac": 0.7}
+    assert list(row) == list(HEADLINE)
+    # a skipped baseline / bound stays null instead of 0
+    row = headline({**t1, "cams": None, "cams_affinity": None, "seg_val_gt": None}, None)
+    assert row["cam"] is None and row["+aff"] is None and row["seg_frac"] is None and row["map"] is None
+
+
+def test_classifier_section_names_figures_in_words_and_flags_are_not_numbers():
+    from stages.report import classifier_table
+
+    cls = {"val_map": 0.81234, "val_map_cls": 0.8, "chance_map": 0.07, "loss_aff": 0.9, "epochs": 20, "aream": 1,
+           "w_hat_l1": 0.25, "w_hat_l2": 0.75, "device": "cpu"}
+    base = {"val_map": 0.79, "loss_aff": 0.0, "epochs": 20, "aream": 0}
+    text = classifier_table(cls, base)
+    assert "| val mAP, mean of both heads' probabilities | 0.8123 | 0.7900 |" in text
+    assert "| AReAM loss (loss_aff) | 0.9000 | - |" in text  # the baseline has no AReAM loss, not a 0
+    assert "0.25 / 0.75" in text
+    assert "| aream |" not in text and "cpu" not in text
