@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from pipeline.cams import infer_cams, load_cam_scores, pack_cams
 from pipeline.config import Cams, Runtime
@@ -29,6 +28,7 @@ from pipeline.data.manifest import Sample
 from pipeline.io import DataError, file_sha256, read_label_png, read_npz, read_rgb, write_json, write_npz
 from pipeline.metrics import ThresholdSweep, thresholds_from
 from pipeline.parallel import chunked, map_items, num_workers
+from pipeline.progress import progress
 
 TAG_FILE = "_params.json"
 
@@ -91,9 +91,8 @@ def export_cams(model: Any, samples: Sequence[Sample], out_dir: Path, cfg: Cams,
         return 0
     loader = DataLoader(ImageList(todo), batch_size=cfg.batch_size, shuffle=False, num_workers=loader_workers,
                         collate_fn=_collate)
-    bar = tqdm(total=len(todo), desc="export_cams", unit="img")
     written = 0
-    for batch in loader:
+    for batch in progress(loader, desc=f"export_cams ({len(todo)} images, batches)", total=len(loader)):
         idx = [i for i, _ in batch]
         images = [img for _, img in batch]
         results = infer_cams(model, images, [todo[i].labels for i in idx], cfg, img_size=img_size,
@@ -101,8 +100,6 @@ def export_cams(model: Any, samples: Sequence[Sample], out_dir: Path, cfg: Cams,
         for i, res in zip(idx, results):
             write_npz(out_dir / f"{todo[i].id}.npz", **pack_cams(res, cfg.variants))
             written += 1
-        bar.update(len(batch))
-    bar.close()
     return written
 
 

@@ -11,9 +11,8 @@ import math
 
 import numpy as np
 
-from pipeline.inference import side_by_side
 from pipeline.metrics import miou
-from pipeline.palette import colorize
+from pipeline.palette import IGNORE_INDEX, colorize, voc_palette
 
 
 def summarize(conf: np.ndarray, class_names: list[str]) -> dict:
@@ -88,9 +87,40 @@ def confusion_figure(conf: np.ndarray, class_names: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """image | ground truth | prediction (ignored pixels in the palette's cream colour)."""
-    return side_by_side([image, colorize(gt), colorize(pred)])
+def overlay_legend(gt: np.ndarray, pred: np.ndarray, class_names: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, RGB colour) of every label in either map, in label order; 255 is "ignored"."""
+    palette = voc_palette()
+    present = sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist()))
+    names = {**dict(enumerate(class_names)), IGNORE_INDEX: "ignored"}
+    return [(names.get(c, str(c)), tuple(int(v) for v in palette[c])) for c in present]
+
+
+def overlay_figure(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: list[str],
+                   title: str = "") -> bytes:
+    """PNG bytes: image | ground truth | prediction, titled, with a legend naming the colour of every class
+    in either map (and of ignored ground-truth pixels, 255, shown in the palette's cream colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.array(rgb) / 255.0, edgecolor="0.5", label=name)
+               for name, rgb in overlay_legend(gt, pred, class_names)]
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(1, 3, figsize=(3 * 2.4 * w / max(h, w) + 0.4, 2.4 * h / max(h, w) + 0.9))
+    for ax, panel, label in zip(axes, [image, colorize(gt), colorize(pred)], ["image", "ground truth", "prediction"]):
+        ax.imshow(panel, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def chunks(items: list, size: int) -> list[list]:

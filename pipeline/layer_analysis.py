@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.analysis import (affinity_images, attended_keys, blend, class_agnostic, first_k_refinements,
                                hellinger_distance, layer_panel, minmax, upsample_scores)
@@ -32,6 +31,8 @@ from pipeline.cams import gather_classes, input_side, model_geometry, resize_ima
 from pipeline.data.manifest import Sample
 from pipeline.io import DataError, read_label_png, read_rgb, write_bytes
 from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.palette import heatmap_colormap
+from pipeline.progress import progress
 
 
 def select_samples(samples: Sequence[Sample], n: int) -> list[Sample]:
@@ -201,6 +202,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _colorbar(fig, axes, label: str) -> None:
+    """A horizontal colour bar under ``axes`` for the overlays' [0, 1] heat-map colours."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), heatmap_colormap()), ax=np.ravel(axes).tolist(),
+                       orientation="horizontal", fraction=0.05, pad=0.04, aspect=40)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
 def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[str, Any], out: Path) -> list[str]:
     """Write the PNGs into ``out``; returns their names."""
     import matplotlib
@@ -220,7 +232,9 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
         ax.axhline(base, ls=":", color="k", label="non-refined")
         ax.axhline(avg, ls="-", color="tab:blue", label="refined (avg)")
         ax.axhline(aream, ls="-.", color="tab:orange", label="refined (AReAM weights)")
-        ax.fill_between([layers[0], layers[-1]], base, avg, color="tab:blue", alpha=0.12)
+        # Fig. 6's shading: what the AReAM weights change against the plain average (a gain or a loss)
+        ax.fill_between([layers[0], layers[-1]], avg, aream, color="tab:orange", alpha=0.15,
+                        label="AReAM weights vs avg")
         ax.set_xlabel("layer l / K")
         ax.set_ylabel("mIoU (%)")
         ax.set_xticks(layers)
@@ -247,6 +261,7 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
             a.set_title(f"layer {l}", fontsize=7)
             a.axis("off")
         fig.suptitle(f"affinity matrices of {figs[0].id} (rows: queries, columns: keys)", fontsize=8)
+        _colorbar(fig, axes[0], "sqrt of the affinity, min-max scaled per layer")
         write_bytes(out / "affinity_layers.png", _png(fig))
         written.append("affinity_layers.png")
 
@@ -259,6 +274,7 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
             row[1].set_title("attended keys, last layer", fontsize=7)
             for a in row:
                 a.axis("off")
+        _colorbar(fig, axes[:, 1], "last-layer attention, mean over queries (min-max)")
         write_bytes(out / "attended_keys.png", _png(fig))
         written.append("attended_keys.png")
 
@@ -272,6 +288,9 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
                 a.axis("off")
                 if r == 0:
                     a.set_title(titles[c], fontsize=7)
+        fig.suptitle("Fig. 8: CAMs (max over the image's classes) refined by each layer's affinity (L1..), by "
+                     "their average (avg) and with the AReAM weights", fontsize=8)
+        _colorbar(fig, axes[:, 2:], "activation / its maximum (each map)")
         write_bytes(out / "layers_overlay.png", _png(fig))
         written.append("layers_overlay.png")
     return written
@@ -282,7 +301,7 @@ def analyze(model: Any, samples: Sequence[Sample], *, depth: int, num_classes: i
             preprocess: Callable | None = None, num_figures: int = 0, normalize: str = "minmax") -> LayerAnalysis:
     """Run the analysis over ``samples`` (all must have masks)."""
     acc = LayerAnalysis(depth, thresholds_from(sweep), num_classes + 1, normalize=normalize)
-    for start in tqdm(range(0, len(samples), batch_size), desc="analyze_layers", unit="batch"):
+    for start in progress(range(0, len(samples), batch_size), desc="analyze_layers"):
         batch = list(samples[start:start + batch_size])
         images = [read_rgb(s.image) for s in batch]
         masks = [read_label_png(s.mask) for s in batch]

@@ -56,6 +56,13 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
     return out.clip(0, 255).astype(np.uint8)
 
 
+def heatmap_colormap():
+    """The colours of :func:`heatmap` as a matplotlib colormap, for colour bars that match the overlays."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(heatmap(np.linspace(0.0, 1.0, 256)).astype(np.float32) / 255.0, name="heatmap")
+
+
 def heatmap(scores: np.ndarray) -> np.ndarray:
     """(H, W) scores in [0, 1] -> (H, W, 3) uint8 jet-like colours (no matplotlib needed)."""
     s = np.clip(np.asarray(scores, dtype=np.float32), 0, 1)

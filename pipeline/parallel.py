@@ -20,7 +20,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
-from tqdm.auto import tqdm
+from pipeline.progress import progress
 
 from pipeline.config import Runtime
 from pipeline.device import cpu_count
@@ -69,10 +69,10 @@ def map_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, desc: 
     if runtime.task_runner in ("prefect", "dask") and items:
         return _map_with_prefect(fn, items, runtime, desc)
     if runtime.task_runner == "serial" or workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in tqdm(items, desc=desc, leave=False)]
+        return [fn(x) for x in progress(items, desc=desc)]
     chunksize = max(1, len(items) // (workers * 8))
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-        return list(tqdm(pool.map(fn, items, chunksize=chunksize), total=len(items), desc=desc, leave=False))
+        return list(progress(pool.map(fn, items, chunksize=chunksize), desc=desc, total=len(items)))
 
 
 def prefect_env(logging_level: str | None = "WARNING") -> None:
@@ -110,7 +110,7 @@ def _map_with_prefect(fn: Callable[[T], R], items: list[T], runtime: Runtime, de
     def fanout(chunks: list[list[T]]) -> list[list[R]]:
         futures = [chunk_task.submit(fn, c) for c in chunks]
         done = []
-        for f in tqdm(futures, desc=desc, leave=False):
+        for f in progress(futures, desc=desc):
             done.append(f.result())
         return done
 

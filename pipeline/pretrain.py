@@ -27,7 +27,7 @@ from pipeline.device import seed_everything
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
                                restore_training_state, training_state, unwrap, weight_decay_groups, wrap)
-from pipeline.training import progress as progress_bar
+from pipeline.progress import progress as progress_bar
 
 
 def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Module:

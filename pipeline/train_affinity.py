@@ -29,7 +29,7 @@ from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affi
 from pipeline.postprocess.psa import downsample_labels, random_crop
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order,
                                restore_training_state, training_state, wrap)
-from pipeline.training import progress as progress_bar
+from pipeline.progress import progress as progress_bar
 
 SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
 

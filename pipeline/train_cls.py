@@ -328,7 +328,7 @@ def dataset_weights(model: nn.Module, loader: DataLoader, device: torch.device, 
 class Callbacks:
     """What the caller does after each epoch: ``checkpoint(state dict)`` and ``log(epoch, metrics)``
     (main process only; the state holds live tensors: serialise it before returning);
-    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.training.progress`)."""
+    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.progress.progress`)."""
 
     checkpoint: Callable[[dict], None] = lambda state: None
     log: Callable[[int, dict], None] = lambda epoch, metrics: None

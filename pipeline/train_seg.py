@@ -39,7 +39,7 @@ from pipeline.io import DataError, read_label_png, read_rgb
 from pipeline.models.segmenter import IMAGENET_MEAN, param_groups
 from pipeline.palette import IGNORE_INDEX
 from pipeline.training import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
-from pipeline.training import progress as progress_bar
+from pipeline.progress import progress as progress_bar
 
 MEAN_RGB = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
 

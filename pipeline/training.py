@@ -14,7 +14,6 @@ A trainer brings a model, a loss step and its data; this module brings the rest:
   ``stages/_resume.py``: params, code, data and starting weights), loaded only under the same tag, and
   deleted once the run finished, so ``dvc repro -f`` retrains and a killed run continues bit-identically;
 - :class:`Curves`: per-epoch dvclive curves that replay a resumed run's history, so plots hold every epoch;
-- :func:`progress`: a tqdm bar on a terminal, a line every 30 seconds in a log file or CI.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ import math
 import os
 import random
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -318,27 +316,3 @@ class Curves:
         self.live.end()
 
 
-def progress(items: Iterable, desc: str = "", total: int | None = None, enabled: bool = True,
-             every: float = 30.0) -> Iterator:
-    """Iterate ``items`` with a tqdm bar on a terminal; in a log file or CI (stderr not a terminal) a
-    plain line every ``every`` seconds and at the end instead of carriage-return redraws."""
-    if not enabled:
-        yield from items
-        return
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
-        return
-    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-    start = last = time.perf_counter()
-    done = 0
-    for item in items:
-        yield item
-        done += 1
-        now = time.perf_counter()
-        if now - last >= every:
-            last = now
-            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=sys.stderr,
-                  flush=True)
-    print(f"{desc}: {done} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)

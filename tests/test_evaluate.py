@@ -131,8 +131,8 @@ def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
     assert set(metrics["per_class"]) == {"background", "red", "green", "blue"}
     overlays = sorted((tmp_path / "reports/evaluate/figures/overlays").glob("*.png"))
     assert len(overlays) == 2
-    with Image.open(overlays[0]) as im:
-        assert im.size == (3 * 32 + 2 * 4, 32)
+    with Image.open(overlays[0]) as im:  # three titled panels side by side, a legend below
+        assert im.size[0] > 3 * 32 and im.size[0] > im.size[1]
     assert (tmp_path / "reports/evaluate/figures/confusion.png").stat().st_size > 1000
     rows = list(csv.DictReader((tmp_path / "reports/evaluate/confusion.csv").open()))
     assert sum(int(r["pixels"]) for r in rows) > 0
@@ -150,3 +150,14 @@ def test_stage_refuses_a_model_with_other_classes(tmp_path, monkeypatch):
                    [str(i) for i in range(6)])
     with pytest.raises(DataError, match="6 classes"):
         stage.run(load_params(profile="scratch", overrides={"runtime": {"device": "cpu"}}))
+
+
+def test_overlay_legend_names_every_label_in_either_map():
+    from pipeline.evaluation import overlay_legend
+
+    gt = np.array([[0, 2], [255, 2]], np.uint8)
+    pred = np.array([[0, 1], [1, 2]], np.uint8)
+    legend = overlay_legend(gt, pred, ["background", "cat", "dog"])
+    # VOC palette: 0 black, 1 (128, 0, 0), 2 (0, 128, 0); 255 the cream "ignored" colour
+    assert legend == [("background", (0, 0, 0)), ("cat", (128, 0, 0)), ("dog", (0, 128, 0)),
+                      ("ignored", (224, 224, 192))]
