@@ -42,7 +42,8 @@ def project(base: Path, dep: str | None) -> Path:
 
 
 def main() -> None:
-    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--images", type=int, default=17125)
     cli.add_argument("--masks", type=int, default=2913)
     cli.add_argument("--kb", type=int, default=110, help="mean image size (masks get a fifth of it)")

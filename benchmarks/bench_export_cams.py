@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.aream import layer_entropy  # noqa: E402
 from pipeline.cams import REFINED, imagenet_normalize, infer_cams, refine_variants, variant_affinities  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import load_params, plain_doc  # noqa: E402
 from pipeline.models.vit import build_classifier  # noqa: E402
 
 
@@ -53,7 +53,8 @@ def mm_rate(flops: float, threads: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=plain_doc(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable figures on a busy machine)")
     ap.add_argument("--images", type=int, default=32)
     args = ap.parse_args()

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import load_params, plain_doc  # noqa: E402
 from pipeline.models.affinitynet import AffinityNet, affinity_matrix  # noqa: E402
 from pipeline.parallel import map_items  # noqa: E402
 from pipeline.postprocess.crf import crf_scores  # noqa: E402
@@ -82,7 +82,8 @@ def crf_job(seed: int, kernels, alpha: float, size: tuple[int, int]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=plain_doc(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=12, help="images in the CRF speed-up run")
     args = parser.parse_args()
     params = load_params()

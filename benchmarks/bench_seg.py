@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import load_params, plain_doc  # noqa: E402
 from pipeline.inference import predict_probs  # noqa: E402
 from pipeline.models.segmenter import build_segmenter  # noqa: E402
 from pipeline.train_seg import SegTrainSet, train_segmenter  # noqa: E402
@@ -108,7 +108,8 @@ def run_device(device: torch.device, n_train: int, n_images: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=plain_doc(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--train-images", type=int, default=64, help="images per training epoch")
     parser.add_argument("--images", type=int, default=12, help="images per inference pass")

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params, load_params, plain_doc  # noqa: E402
 from pipeline.models.vit import build_classifier  # noqa: E402
 from pipeline.train_cls import build_optimizer, step_losses  # noqa: E402
 from pipeline.training import amp, backward_step  # noqa: E402
@@ -85,7 +85,8 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=plain_doc(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args(argv)

@@ -11,6 +11,7 @@ importing a submodule runs them.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import sys
@@ -78,8 +79,22 @@ def code_digest(module: str, root: Path = ROOT) -> str:
     return h.hexdigest()
 
 
-if __name__ == "__main__":
-    for mod in sys.argv[1:] or ["stages.train_cls"]:
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import plain_doc
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.codedeps", description=plain_doc(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", default=["stages.train_cls"], metavar="MODULE",
+                        help="dotted module names (default: stages.train_cls)")
+    for mod in parser.parse_args(argv).modules:
+        if module_path(mod) is None:
+            print(f"error: {mod}: not a module of this project ({', '.join(PACKAGES)})", file=sys.stderr)
+            return 2
         print(f"{mod}:")
         for rel in closure(mod):
             print(f"  - {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

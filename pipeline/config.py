@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -472,8 +473,20 @@ def params_hash(section: BaseModel | dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_LITERAL = re.compile(r"``([^`]+?)``")  # may span a line break
+_ROLE = re.compile(r":[\w.:-]+:`(~?)([^`<]*?)\s*(?:<[^`>]*>)?`")
+
+
+def plain_doc(doc: str | None) -> str:
+    """A module docstring as plain text for ``--help``: Sphinx literals and roles lose their markup (a role
+    whose target starts with ``~`` keeps the target's last part), a paragraph's closing ``::`` becomes ``:``."""
+    text = _LITERAL.sub(r"\1", doc or "")
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    return re.sub(r"::$", ":", text, flags=re.MULTILINE).strip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=plain_doc(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("show", help="print the validated parameters")

@@ -8,7 +8,7 @@ Inputs are image files or folders (their .jpg / .jpeg / .png files, not recursiv
 image ``<stem>.<ext>`` it writes
 
 - ``OUT/<stem>.png``: the label map, a single-channel PNG with the VOC palette (0 background,
-  k = the model's class k, see the model's class names printed at start);
+  k = the model's class k: the command first prints them to stderr, ``classes: 0 background, 1 ...``);
 - ``OUT/<stem>_overlay.jpg``: the prediction blended over the image.
 
 Options: ``--scales 0.5,1.0,1.5`` multi-scale inference (softmax averaged; default 1.0),
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from pipeline.progress import progress as progress_lines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -52,7 +52,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 def predict_files(model_path: str | Path, files: list[Path], out: str | Path, scales: list[float] = (1.0,),
                   flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
-    of the images that could not be read (they are skipped)."""
+    of the images that could not be read (they are skipped). With ``progress``, the model's class names
+    (``classes: 0 background, 1 ...``) and the progress go to stderr."""
     from pipeline.config import defaults
     from pipeline.device import resolve_device
     from pipeline.inference import crf_refine, image_tensor, predict_probs, to_label
@@ -62,12 +63,14 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
 
     dev = resolve_device(device)
     model = load_segmenter(model_path, dev)
+    if progress:
+        print("classes: " + ", ".join(f"{k} {name}" for k, name in enumerate(model.class_names)), file=sys.stderr)
     kernels = defaults().eval.crf if crf else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     errors = []
     with torch.no_grad():
-        for f in tqdm(files, desc="predict", disable=not progress):
+        for f in progress_lines(files, desc="predict", enabled=progress):
             try:
                 image = read_rgb(f)
             except DataError as err:
@@ -95,7 +98,9 @@ def _scales(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
+    from pipeline.config import plain_doc
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=plain_doc(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files or folders of .jpg / .png images")
     parser.add_argument("--model", default="models/segmenter/model.pt", help="trained model (stage train_seg)")

@@ -4,12 +4,13 @@ dvc.yaml) stays what the stage really uses."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, load_params, plain_doc
 from pipeline.io import DataError, write_json
 
 DATA = Path("data")
@@ -56,12 +57,31 @@ def write_empty_plots(live_dir: Path, keys: tuple[str, ...]) -> None:
             path.write_text(f"step\t{key.rsplit('/', 1)[-1]}\n")
 
 
-def stage_main(run: Callable[[Params], None]) -> None:
-    """Load params.yaml, run the stage; a user-fixable error prints one line and exits 2."""
+def stage_parser(run: Callable[..., Any],
+                 arguments: Callable[[argparse.ArgumentParser], Any] | None = None) -> argparse.ArgumentParser:
+    """The command line of the stage whose ``run`` this is: prog ``python -m stages.<name>``, the stage
+    module's docstring as description, and the options ``arguments`` adds."""
+    module = sys.modules.get(getattr(run, "__module__", "__main__")) or sys.modules["__main__"]
+    spec = getattr(module, "__spec__", None)
+    name = spec.name if spec is not None else f"stages.{Path(sys.argv[0]).stem}"  # also as `python stages/x.py`
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=plain_doc(module.__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if arguments is not None:
+        arguments(parser)
+    return parser
+
+
+def stage_main(run: Callable[..., None], arguments: Callable[[argparse.ArgumentParser], Any] | None = None,
+               argv: list[str] | None = None) -> None:
+    """Parse the command line (``--help`` prints the stage's docstring and exits before anything is read or
+    written; an unknown argument exits 2), load params.yaml, run the stage; a user-fixable error prints one
+    line and exits 2. ``arguments`` adds the stage's own options to the parser; their values reach ``run`` as
+    keyword arguments (``--upper-bound`` -> ``run(params, upper_bound=...)``)."""
+    options = vars(stage_parser(run, arguments).parse_args(argv))
     start = time.perf_counter()
     try:
         params = load_params()
-        run(params)
+        run(params, **options)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -18,23 +18,22 @@ model of ``train_seg_gt`` the same way and writes the same files under ``reports
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.device import resolve_device
-from pipeline.evaluation import chunks, confusion_csv, confusion_figure, overlay_panel, summarize
+from pipeline.evaluation import chunks, confusion_csv, confusion_figure, overlay_figure, summarize
 from pipeline.inference import crf_label, image_tensor, predict_probs, to_label
-from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json, write_rgb
+from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json
 from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
 from pipeline.parallel import map_items, num_workers
+from pipeline.progress import progress
 from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main
 
 MODEL = SEGMENTER / "model.pt"
@@ -78,8 +77,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
         overlays = figures / "overlays"
         overlays.mkdir()
         done = 0
-        bar = tqdm(total=len(samples), desc="evaluate", leave=False)
-        for group in chunks(samples, chunk):
+        groups = chunks(samples, chunk)
+        for group in progress(groups, desc=f"evaluate ({len(samples)} images, groups of {chunk})", total=len(groups)):
             images, masks, probs = [], [], []
             for s in group:
                 image, mask = _load(s, num_classes)
@@ -87,7 +86,6 @@ def run(params: Params, upper_bound: bool = False) -> None:
                 images.append(image)
                 masks.append(mask)
                 probs.append(p[0].cpu().numpy().astype(np.float16) if kernels else to_label(p))
-                bar.update(1)
             if kernels is not None:
                 preds = map_items(functools.partial(crf_label, kernels=kernels), list(zip(images, probs)),
                                   params.runtime, desc="dense CRF")
@@ -96,9 +94,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
             for s, image, mask, pred in zip(group, images, masks, preds):
                 confusion_matrix(pred, mask, num_classes, out=conf)
                 if done < cfg.num_overlays:
-                    write_rgb(overlays / f"{s.id}.png", overlay_panel(image, mask, pred))
+                    write_bytes(overlays / f"{s.id}.png", overlay_figure(image, mask, pred, class_names, s.id))
                 done += 1
-        bar.close()
         write_bytes(figures / "confusion.png", confusion_figure(conf, class_names))
     elapsed = time.perf_counter() - start
     metrics = summarize(conf, class_names)
@@ -118,9 +115,7 @@ def _load(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="Evaluate the segmentation network on the val split (stage evaluate).")
-    cli.add_argument("--upper-bound", action="store_true",
-                     help="evaluate models/segmenter_gt into reports/evaluate_gt (stage evaluate_gt)")
-    upper = cli.parse_args().upper_bound
     torch.set_grad_enabled(False)
-    stage_main(functools.partial(run, upper_bound=upper))
+    stage_main(run, lambda cli: cli.add_argument(
+        "--upper-bound", action="store_true",
+        help="evaluate models/segmenter_gt into reports/evaluate_gt (stage evaluate_gt)"))

@@ -16,8 +16,6 @@ of the stored CAMs against the masks of the train split (images without a mask a
 
 from __future__ import annotations
 
-import argparse
-import functools
 from typing import Any
 
 from pipeline.cam_export import cam_quality, export_cams, export_tag, file_digest, prepare_out_dir, sweep_csv
@@ -83,7 +81,6 @@ def run(params: Params, baseline: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="Export CAMs and their quality (stage export_cams).")
-    cli.add_argument("--baseline", action="store_true",
-                     help="the w/o-AReAM classifier's train CAMs into data/cams_base (stage export_cams_base)")
-    stage_main(functools.partial(run, baseline=cli.parse_args().baseline))
+    stage_main(run, lambda cli: cli.add_argument(
+        "--baseline", action="store_true",
+        help="the w/o-AReAM classifier's train CAMs into data/cams_base (stage export_cams_base)"))

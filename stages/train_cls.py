@@ -24,8 +24,6 @@ Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_
 
 from __future__ import annotations
 
-import argparse
-import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -39,7 +37,8 @@ from pipeline.data.manifest import load_manifest
 from pipeline.io import DataError, write_json, write_text
 from pipeline.models.vit import save_classifier
 from pipeline.train_cls import Callbacks, train_classifier
-from pipeline.training import Checkpoint, Curves, amp_dtype, progress, setup_distributed, teardown
+from pipeline.progress import progress
+from pipeline.training import Checkpoint, Curves, amp_dtype, setup_distributed, teardown
 from stages._common import (CLASSIFIER, CLASSIFIER_BASE, CLASSIFIER_BASE_CKPT, CLASSIFIER_CKPT, MANIFEST, PREPARED,
                             REPORTS, SKIPPED, stage_main, write_empty_plots, write_timing)
 from stages._resume import run_tag
@@ -151,7 +150,6 @@ def run(params: Params, stop_after: int | None = None, baseline: bool = False) -
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="Train the classifier (stage train_cls).")
-    cli.add_argument("--baseline", action="store_true",
-                     help="train the w/o-AReAM baseline into models/classifier_base (stage train_cls_base)")
-    stage_main(functools.partial(run, baseline=cli.parse_args().baseline))
+    stage_main(run, lambda cli: cli.add_argument(
+        "--baseline", action="store_true",
+        help="train the w/o-AReAM baseline into models/classifier_base (stage train_cls_base)"))

@@ -25,7 +25,6 @@ writes ``models/segmenter_gt/``, ``models/segmenter_gt_ckpt/`` and ``reports/tra
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -136,7 +135,6 @@ def run(params: Params, upper_bound: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="Train the segmentation network (stage train_seg).")
-    cli.add_argument("--upper-bound", action="store_true",
-                     help="train on the ground-truth masks into models/segmenter_gt (stage train_seg_gt)")
-    stage_main(functools.partial(run, upper_bound=cli.parse_args().upper_bound))
+    stage_main(run, lambda cli: cli.add_argument(
+        "--upper-bound", action="store_true",
+        help="train on the ground-truth masks into models/segmenter_gt (stage train_seg_gt)"))

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.config import weights_file
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, check_state_fits, load_error_summary, loading_weights
 
 
 def radius_offsets(radius: int) -> list[tuple[int, int]]:
@@ -139,19 +140,19 @@ class AffinityNet(nn.Module):
         super().__init__()
         import timm
 
-        kwargs: dict = {"features_only": True}
-        if pretrained == "none":
-            kwargs["pretrained"] = False
-        elif pretrained == "timm":
-            kwargs["pretrained"] = True
-        else:
-            from pipeline.config import weights_file
-
-            path = weights_file(pretrained)
+        kwargs: dict = {"features_only": True, "pretrained": pretrained != "none"}
+        path = weights_file(pretrained)  # None: random init (none) or the hub's weights (timm)
+        if path is not None:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: AffinityNet backbone weights not found")
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-        self.body = timm.create_model(backbone, **kwargs)
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        with loading_weights("psa.pretrained", path, f"psa.backbone {backbone!r}"):
+            self.body = timm.create_model(backbone, **kwargs)
+        if path is not None:  # timm loads a feature extractor's weights non-strictly: missing tensors stay random
+            from timm.models import load_state_dict
+
+            check_state_fits("psa.pretrained", path, f"psa.backbone {backbone!r}", load_state_dict(str(path)),
+                             self.body.state_dict())
         reductions = self.body.feature_info.reduction()
         self.levels = [i for i, r in enumerate(reductions) if r >= feature_stride]
         if not self.levels:
@@ -207,5 +208,5 @@ def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> Af
     except FileNotFoundError:
         raise DataError(f"{path}: AffinityNet weights not found (did train_psa run?)") from None
     except (KeyError, RuntimeError, OSError) as err:
-        raise DataError(f"{path}: not an AffinityNet checkpoint ({err})") from None
+        raise DataError(f"{path}: not an AffinityNet checkpoint ({load_error_summary(err) or err})") from None
     return model.to(device).eval()

@@ -29,16 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Seg, weights_file
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, check_state_fits, load_error_summary, loading_weights
 
 ARCHS = ("deeplabv3plus", "deeplabv3", "deeplabv2")
 DEFAULT_STRIDE = {"deeplabv3plus": 16, "deeplabv3": 8, "deeplabv2": 8}
 V2_RATES = (6, 12, 18, 24)
 # keys of a Seg section that shape the network (the rest is the training recipe)
 ARCH_KEYS = ("arch", "encoder", "output_stride", "decoder_channels")
-# classification heads a whole-network weights file may carry beyond an encoder (EfficientNet: conv_head, bn2)
-HEAD_PREFIXES = tuple(p + h for p in ("", "model.") for h in ("fc.", "classifier.", "head.", "last_linear.", "head_fc.",
-                                                              "conv_head.", "bn2."))
 
 
 class ASPPv2(nn.Module):
@@ -186,15 +183,8 @@ def load_encoder_state(encoder: nn.Module, raw: Any, source: str) -> None:
     own = encoder.state_dict()
     if own and all(k.startswith("model.") for k in own) and not any(k.startswith("model.") for k in state):
         state = {f"model.{k}": v for k, v in state.items()}  # a timm network's file into smp's tu- encoder
-    extra = [k for k in state if k not in own and not k.startswith(HEAD_PREFIXES)]
-    state = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if state[k].shape != own[k].shape]
-    if missing or shapes or extra:
-        detail = (f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing
-                  else f"shape mismatch: {'; '.join(shapes[:3])}" if shapes
-                  else f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
-        raise ConfigError(f"seg.encoder_weights: {source} does not fit encoder {type(encoder).__name__}: {detail}")
+    check_state_fits("seg.encoder_weights", source, f"encoder {type(encoder).__name__}", state, own)
+    state = {k: v for k, v in state.items() if k in own}  # less the classification head's keys
     encoder.load_state_dict(state, strict=False)
 
 
@@ -203,10 +193,14 @@ def _load_imagenet(model: Segmenter, encoder: str) -> None:
 
     stride = getattr(model.net.encoder, "output_stride", 32)
     try:
-        pretrained = get_encoder(encoder, in_channels=3, depth=5, weights="imagenet", output_stride=stride)
-    except Exception as err:  # noqa: BLE001 - offline, unknown weights, hub errors: one message
-        raise ConfigError(f"seg.encoder_weights: imagenet weights for {encoder!r} could not be loaded "
-                          f"(they are downloaded: is there internet?): {str(err)[:200]}") from None
+        with loading_weights("seg.encoder_weights", None, f"seg.encoder {encoder!r}"):  # offline: one line
+            pretrained = get_encoder(encoder, in_channels=3, depth=5, weights="imagenet", output_stride=stride)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - no imagenet weights for this encoder and the like: one message
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"seg.encoder_weights: imagenet weights for {encoder!r} could not be loaded: "
+                          f"{first[:200]}") from None
     model.net.encoder.load_state_dict(pretrained.state_dict())
 
 
@@ -263,6 +257,6 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
         raise DataError(f"{path}: stored model configuration is unusable ({err})") from None
     except Exception as err:  # noqa: BLE001 - foreign, truncated or mismatching files: one message
         raise DataError(f"{path}: not a segmentation model checkpoint "
-                        f"({type(err).__name__}: {str(err)[:300]})") from None
+                        f"({type(err).__name__}: {load_error_summary(err) or str(err)[:300]})") from None
     model.meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.to(device).eval()

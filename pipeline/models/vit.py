@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
 from pipeline.io import DataError, write_torch
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, load_error_summary, loading_weights
 
 
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -265,16 +265,17 @@ def build_classifier(cfg: Classifier, num_classes: int) -> MultiClassTokenViT:
         if pretrained == "none":
             backbone = timm.create_model(cfg.backbone, pretrained=False, depth=cfg.depth, **kwargs)
         else:
-            if pretrained != "timm":
-                path = weights_file(pretrained)
+            path = weights_file(pretrained)
+            if path is not None:
                 _check_weights_file(path, cfg.depth)
                 kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-            backbone = timm.create_model(cfg.backbone, pretrained=True, **kwargs)
+            with loading_weights("classifier.pretrained", path, f"classifier.backbone {cfg.backbone!r}"):
+                backbone = timm.create_model(cfg.backbone, pretrained=True, **kwargs)
             if cfg.depth > len(backbone.blocks):
                 raise ConfigError(f"classifier.depth: {cfg.depth} > the {len(backbone.blocks)} blocks of "
                                   f"{cfg.backbone!r}")
             backbone.blocks = backbone.blocks[:cfg.depth]
-    except RuntimeError as err:  # unknown model names and incompatible weight files
+    except RuntimeError as err:  # unknown model names, no pretrained weights for the name
         raise ConfigError(f"classifier.backbone / pretrained: {err}") from None
     if cfg.drop_path and pretrained != "none":  # keep the stochastic depth rule of the truncated model
         for i, blk in enumerate(backbone.blocks):
@@ -307,7 +308,7 @@ def classifier_from_payload(payload: Any, source: str = "classifier") -> MultiCl
         model = build_classifier(cfg, int(payload["num_classes"]))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, TypeError, ConfigError) as err:
-        raise DataError(f"{source}: incompatible classifier: {err}") from None
+        raise DataError(f"{source}: incompatible classifier: {load_error_summary(err) or err}") from None
     return model
 
 
