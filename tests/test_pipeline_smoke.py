@@ -301,6 +301,24 @@ def test_replaced_weights_at_the_same_path_are_seen(external_repo):
     assert changed_deps == [{"weights/r18.pth": "modified"}], status
 
 
+def test_metrics_and_plots_read_well(smoke_repo):
+    """One compact DVC metrics file: `dvc metrics show` and the README's `dvc exp show` form fit a 120-column
+    terminal with every headline figure; `dvc plots show` loads every plot without an error."""
+    from pipeline.summary import HEADLINE
+
+    _dvc("repro", cwd=smoke_repo)
+    shown = _dvc("metrics", "show", cwd=smoke_repo).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 120, shown
+    assert all(key in shown for key in HEADLINE), shown
+    env = {**_env(smoke_repo), "COLUMNS": "120"}
+    r = subprocess.run([str(BIN / "dvc"), "exp", "show", "--only-changed", "--drop", ".*/"], cwd=smoke_repo,
+                       env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "…" not in r.stdout, r.stdout + r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 120, r.stdout
+    plots = _dvc("plots", "show", cwd=smoke_repo)
+    assert "failed" not in (plots.stdout + plots.stderr).lower(), plots.stdout + plots.stderr
+
+
 def test_compare_reads_the_run_from_dvc(smoke_repo):
     r = _run([str(BIN / "python"), "-m", "pipeline.compare", "--out", "reports/experiments.md"], smoke_repo)
     assert "wrote reports/experiments.md" in r.stdout
@@ -311,3 +329,56 @@ def test_compare_reads_the_run_from_dvc(smoke_repo):
     from pipeline.compare import METRICS
 
     assert all(row[title] != "-" for title, _, _ in METRICS)  # every Table I column has a value
+
+
+
+def test_a_teammate_gets_the_results_from_a_dvc_remote(smoke_repo, tmp_path):
+    """The README's "Sharing runs": results and run cache pushed to a DVC remote (here a local folder); a git
+    clone plus `dvc pull --run-cache` is up to date without running anything, an experiment already run and
+    pushed elsewhere is restored from the run cache, and `dvc exp push` / `dvc exp pull` share it through git."""
+    repo, overlays = smoke_repo, "reports/evaluate/figures/overlays"
+    _dvc("repro", cwd=repo)  # other tests edit things: start from an up-to-date workspace
+    _dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=repo)
+    # a configuration the teammate will ask for: run and pushed here (check, evaluate, evaluate_gt rerun)
+    params = (repo / "params.yaml").read_text()
+    _edit_params(repo, "eval", "num_overlays", 3)
+    _dvc("repro", cwd=repo)
+    assert len(list((repo / overlays).glob("*.png"))) == 3
+    start = time.perf_counter()
+    _dvc("push", "--run-cache", cwd=repo)
+    # the committed configuration back (restored from the local run cache), committed and pushed
+    (repo / "params.yaml").write_text(params)
+    r = _dvc("repro", cwd=repo)
+    assert "Running stage" not in r.stdout and "Stage 'evaluate' is cached - skipping run" in r.stdout
+    assert _changed(repo) == set() and len(list((repo / overlays).glob("*.png"))) == 2
+    _run("git add -A && git commit -qm 'smoke results' --allow-empty", repo)
+    outs = sorted({path for _, path in _lock_outs(repo)})
+    assert _run(["git", "ls-files", "--", *outs], repo).stdout == ""  # outputs are in DVC's cache, not in git
+    _dvc("push", "--run-cache", cwd=repo)
+
+    clone = tmp_path / "clone"  # the teammate's machine
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _dvc("pull", "--run-cache", cwd=clone)
+    assert [p for p in outs if not (clone / p).exists()] == []
+    assert _changed(clone) == set()
+    r = _dvc("repro", cwd=clone)
+    assert "Running stage" not in r.stdout and "Data and pipelines are up to date." in r.stdout, r.stdout[-3000:]
+    # `--pull`: `dvc pull --run-cache` fetches the run records, not the outputs of runs outside the workspace
+    r = _dvc("exp", "run", "--pull", "-n", "overlays-3", "-S", "eval.num_overlays=3", cwd=clone)
+    assert "Running stage" not in r.stdout, r.stdout[-3000:]
+    for stage in ("check", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in r.stdout, r.stdout[-3000:]
+    assert len(list((clone / overlays).glob("*.png"))) == 3
+
+    # experiments travel through the git remote (refs) and the DVC remote (their outputs)
+    _dvc("exp", "push", "origin", "overlays-3", cwd=clone)
+    assert "overlays-3" in _dvc("exp", "list", "origin", cwd=clone).stdout
+    assert "overlays-3" in _dvc("exp", "list", cwd=repo).stdout
+    other = tmp_path / "other"  # a third machine
+    _run(["git", "clone", "-q", str(repo), str(other)], tmp_path)
+    _dvc("exp", "pull", "origin", "overlays-3", cwd=other)
+    _dvc("exp", "apply", "overlays-3", cwd=other)
+    assert yaml.safe_load((other / "params.yaml").read_text())["eval"]["num_overlays"] == 3
+    assert len(list((other / overlays).glob("*.png"))) == 3 and _changed(other) == set()
+    print(f"push, clone, pull, exp run from the run cache, exp push/pull: {time.perf_counter() - start:.0f} s")
+
