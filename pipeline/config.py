@@ -79,6 +79,7 @@ class Runtime(Section):
     device: str  # auto | cpu | cuda | cuda:N
     workers: int = Field(ge=0)  # parallel CPU workers for per-image work; 0 = all cores
     loader_workers: int = Field(ge=0)  # torch DataLoader workers
+    nproc: int = Field(ge=1)  # DDP processes per node for the training stages (one per GPU)
     task_runner: Literal["serial", "process", "prefect", "dask"]
     dask_address: str | None  # scheduler address for task_runner: dask; None = local cluster
 

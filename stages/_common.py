@@ -5,6 +5,7 @@ dvc.yaml) stays what the stage really uses."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,16 +72,62 @@ def stage_parser(run: Callable[..., Any],
     return parser
 
 
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """Run ``python <argv>`` as ``nproc`` processes on this node, as torchrun does (a free local port, one
+    process per GPU, WORLD_SIZE / RANK / LOCAL_RANK set); returns the first failing process's exit code, else 0.
+    Each process gets cores / nproc threads unless OMP_NUM_THREADS is set."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)(*argv)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        return int(failure.exitcode) or 1
+    return 0
+
+
 def stage_main(run: Callable[..., None], arguments: Callable[[argparse.ArgumentParser], Any] | None = None,
-               argv: list[str] | None = None) -> None:
+               argv: list[str] | None = None, distributed: bool = False) -> None:
     """Parse the command line (``--help`` prints the stage's docstring and exits before anything is read or
     written; an unknown argument exits 2), load params.yaml, run the stage; a user-fixable error prints one
     line and exits 2. ``arguments`` adds the stage's own options to the parser; their values reach ``run`` as
-    keyword arguments (``--upper-bound`` -> ``run(params, upper_bound=...)``)."""
-    options = vars(stage_parser(run, arguments).parse_args(argv))
+    keyword arguments (``--upper-bound`` -> ``run(params, upper_bound=...)``).
+
+    ``distributed`` (the training stages): ``--nproc N`` (default ``runtime.nproc``; dvc.yaml passes
+    ``${runtime.nproc}``) runs the stage as N DDP processes (:func:`launch_processes`: one per GPU, or gloo on
+    the CPU); a process already started by torchrun (WORLD_SIZE set) runs as it is."""
+    def add_arguments(cli: argparse.ArgumentParser) -> None:
+        if arguments is not None:
+            arguments(cli)
+        if distributed:
+            cli.add_argument("--nproc", type=int, default=None, metavar="N",
+                             help="DDP processes on this node (default: runtime.nproc of params.yaml)")
+
+    argv = sys.argv[1:] if argv is None else argv
+    options = vars(stage_parser(run, add_arguments).parse_args(argv))
+    nproc = options.pop("nproc", None)
     start = time.perf_counter()
     try:
         params = load_params()
+        if distributed:
+            nproc = params.runtime.nproc if nproc is None else nproc
+            if nproc < 1:
+                raise ConfigError(f"--nproc: {nproc} (must be >= 1)")
+        if distributed and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            print(f"{stage_parser(run).prog}: {nproc} DDP processes", file=sys.stderr, flush=True)
+            code = launch_processes(nproc, ["-m", stage_parser(run).prog.split()[-1], *argv])
+            if code:
+                print(f"error: a process of {nproc} exited with {code} (its output is above)", file=sys.stderr)
+                sys.exit(code)
+            print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            return
         run(params, **options)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import (BUILT_WEIGHTS, IMAGENET_CNN, PRETRAINED_VIT, TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset,
-                             Params, weights_file)
+                             Params, Runtime, weights_file)
 from pipeline.io import DataError, write_json
 from stages._common import CHECKED, stage_main
 
@@ -119,10 +119,26 @@ def check_weights(params: Params) -> None:
             raise ConfigError(f"{dotted}: weights file {weights_file(value)} not found")
 
 
+def check_processes(runtime: Runtime) -> None:
+    """runtime.nproc DDP processes need as many GPUs when the training stages run on CUDA (one each)."""
+    import torch
+
+    from pipeline.device import resolve_device
+
+    try:
+        device = resolve_device(runtime.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if device.type == "cuda" and runtime.nproc > torch.cuda.device_count():
+        raise ConfigError(f"runtime.nproc: {runtime.nproc} processes, but {torch.cuda.device_count()} CUDA "
+                          "device(s): one process per GPU (or runtime.device: cpu for gloo on the CPU)")
+
+
 def run(params: Params) -> None:
     ds = params.dataset
     check_dataset_params(ds)
     check_weights(params)
+    check_processes(params.runtime)
     if ds.name == "coco":
         check_coco_root(ds)
         what = "COCO root"

@@ -152,4 +152,4 @@ def run(params: Params, stop_after: int | None = None, baseline: bool = False) -
 if __name__ == "__main__":
     stage_main(run, lambda cli: cli.add_argument(
         "--baseline", action="store_true",
-        help="train the w/o-AReAM baseline into models/classifier_base (stage train_cls_base)"))
+        help="train the w/o-AReAM baseline into models/classifier_base (stage train_cls_base)"), distributed=True)

@@ -128,4 +128,4 @@ def run(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    stage_main(run)
+    stage_main(run, distributed=True)

@@ -137,4 +137,4 @@ def run(params: Params, upper_bound: bool = False) -> None:
 if __name__ == "__main__":
     stage_main(run, lambda cli: cli.add_argument(
         "--upper-bound", action="store_true",
-        help="train on the ground-truth masks into models/segmenter_gt (stage train_seg_gt)"))
+        help="train on the ground-truth masks into models/segmenter_gt (stage train_seg_gt)"), distributed=True)

@@ -1,9 +1,12 @@
 """One trainer of pipeline/ on tiny data, for ``torchrun --nproc_per_node 2`` (gloo on the CPU).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py classifier|segmenter|affinitynet|pretrain OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py classifier|segmenter|affinitynet|pretrain OUT [N]
+    python tests/ddp_worker.py TRAINER OUT [N]          # the same training in one process
 
-Each process writes OUT/rank<r>.json with a digest of its final parameters; tests/test_ddp.py checks that
-both processes finished (an uneven split of the samples would hang the last step) and agree.
+N samples (default 9: an odd count the order must pad). Each process writes OUT/rank<r>.json with a digest
+of its final parameters and OUT/rank<r>.npy with the parameters themselves; tests/test_ddp.py checks that
+both processes finished (an uneven split of the samples would hang the last step), agree, and stay close
+to the one-process run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import defaults, load_params  # noqa: E402
 from pipeline.data.manifest import Sample  # noqa: E402
+from pipeline.device import seed_everything  # noqa: E402
 from pipeline.training import setup_distributed, teardown, unwrap  # noqa: E402
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
@@ -49,10 +53,16 @@ def digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def main(which: str, out: Path) -> None:
+def flat_parameters(model: torch.nn.Module) -> np.ndarray:
+    return np.concatenate([v.detach().cpu().double().numpy().ravel()
+                           for _, v in sorted(unwrap(model).named_parameters())])
+
+
+def main(which: str, out: Path, n: int = 9) -> None:
     torch.set_num_threads(1)
+    seed_everything(0)  # the same initial weights in every run, as the stages seed before building
     dist, device = setup_distributed("cpu")
-    data = squares(9)  # 9 samples over 2 processes: the order must be padded to 10
+    data = squares(n)  # 9 samples over 2 processes: the order must be padded to 10
     extra: dict = {}
     if which == "classifier":
         from PIL import Image
@@ -65,7 +75,8 @@ def main(which: str, out: Path) -> None:
             if dist.is_main:
                 Image.fromarray(image).save(path)
             samples.append(Sample(f"img{i}", str(path), None, tuple(sorted(set(np.unique(label).tolist()) - {0}))))
-        torch.distributed.barrier()
+        if dist.world_size > 1:
+            torch.distributed.barrier()
         params = load_params(profile="scratch", overrides={"runtime": {"device": "cpu"},
                                "classifier": {"img_size": 32, "patch_size": 8, "depth": 2, "cam_layers": 1},
                                "train_cls": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1},
@@ -99,14 +110,15 @@ def main(which: str, out: Path) -> None:
         from pipeline.training import gather_shards
 
         # train_psa's confident regions: every process labels every 2nd image, all get the whole list
-        extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::2], 9, dist) == [i * i for i in range(9)]
+        extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::dist.world_size], 9, dist) == [i * i for i in range(9)]
         cfg = SCRATCH.psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
         model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, dist=dist,
                                            progress=False)
         finished = len(history) == cfg.epochs
     (out / f"rank{dist.rank}.json").write_text(json.dumps({"finished": finished, "digest": digest(model), **extra}))
+    np.save(out / f"rank{dist.rank}.npy", flat_parameters(model))
     teardown(dist)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), *(int(a) for a in sys.argv[3:4]))

@@ -221,3 +221,27 @@ def test_predict_prints_the_class_names(tmp_path, capsys):
     argv = ["--model", str(model), "--out", str(tmp_path / "out"), "--device", "cpu", str(tmp_path / "x.png")]
     assert main(argv) == 0
     assert "classes: 0 background, 1 cat, 2 dog" in capsys.readouterr().err
+
+
+def test_launch_processes_starts_ranks_like_torchrun_and_returns_the_failing_exit_code(tmp_path):
+    from stages._common import launch_processes
+
+    script = ("import os, pathlib, sys; r = os.environ['RANK']; "
+              f"pathlib.Path({str(tmp_path)!r}, 'rank' + r).write_text(os.environ['WORLD_SIZE']); "
+              "sys.exit(3 if r == '1' and os.environ.get('FAIL') else 0)")
+    assert launch_processes(2, ["-c", script]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+    assert (tmp_path / "rank1").read_text() == "2"
+    os.environ["FAIL"] = "1"
+    try:
+        assert launch_processes(2, ["-c", script]) == 3
+    finally:
+        del os.environ["FAIL"]
+
+
+def test_training_stages_take_nproc_and_dvc_passes_runtime_nproc():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    training = {"pretrain", "train_cls", "train_cls_base", "train_psa", "train_seg", "train_seg_gt"}
+    assert {n for n, st in stages.items() if "--nproc ${runtime.nproc}" in st["cmd"]} == training

@@ -10,6 +10,7 @@ weights/.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -382,3 +383,20 @@ def test_a_teammate_gets_the_results_from_a_dvc_remote(smoke_repo, tmp_path):
     assert len(list((other / overlays).glob("*.png"))) == 3 and _changed(other) == set()
     print(f"push, clone, pull, exp run from the run cache, exp push/pull: {time.perf_counter() - start:.0f} s")
 
+
+def test_runtime_nproc_trains_every_network_with_ddp_under_dvc(smoke_repo):
+    """`dvc exp run -S runtime.nproc=2`: DVC passes ${runtime.nproc} to the training stages, each runs as two
+    gloo processes on the CPU, and the DAG completes with its headline figures."""
+    _dvc("repro", cwd=smoke_repo)
+    r = _dvc("exp", "run", "--temp", "-n", "ddp2", "-S", "runtime.nproc=2", cwd=smoke_repo)
+    out = r.stdout + r.stderr
+    launched = re.findall(r"python -m (stages\.\w+): 2 DDP processes", out)
+    # pretrain, train_cls, train_cls_base, train_psa, train_seg, train_seg_gt
+    assert sorted(launched) == sorted(["stages.pretrain", "stages.train_cls", "stages.train_cls",
+                                       "stages.train_psa", "stages.train_seg", "stages.train_seg"]), out[-3000:]
+    shown = json.loads(_dvc("exp", "show", "--json", cwd=smoke_repo).stdout)
+    exps = [e for base in shown for e in (base.get("experiments") or []) if e.get("name") == "ddp2"]
+    assert exps, shown
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["runtime"]["nproc"] == 2
+    assert data["metrics"]["reports/metrics.json"]["data"]["seg"] is not None
