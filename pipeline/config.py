@@ -326,6 +326,7 @@ class Eval(Section):
     scales: list[float] = Field(min_length=1)
     flip: bool
     crf: EvalCRF
+    max_side: int = Field(ge=32)  # longest side the network sees; larger images are shrunk, labels scaled back
     num_overlays: int = Field(ge=0)
 
     @model_validator(mode="after")

@@ -4,6 +4,11 @@ For each scale ``s`` the image is resized (bilinear) to ``round(H * s) x round(W
 network's softmax is computed (and, with ``flip``, the softmax of the mirrored image, mirrored
 back) and resized to ``H x W``; the result is the mean over all those maps. Scale 1.0 runs on the
 image untouched, so ``scales=[1.0], flip=False`` is exactly the single forward pass.
+
+Large inputs are first shrunk so that their longest side is at most ``max_side``
+(:func:`cap_side`; ``eval.max_side``, ``predict --max-side``): the network, the probabilities and the
+CRF then work at that size, and only the final label map is scaled back (nearest) to the input's size.
+Memory per image is bounded by ``max_side``, whatever the photo's resolution.
 """
 
 from __future__ import annotations
@@ -16,6 +21,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import CRFKernels
+
+
+def capped_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of an image shrunk (aspect kept, rounded) so that its longest side is at most ``max_side``."""
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def cap_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> the image shrunk (antialiased bilinear) to :func:`capped_size`; small ones as they are."""
+    size = capped_size(image.shape[0], image.shape[1], max_side)
+    if size == image.shape[:2]:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def label_to_size(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) uint8 labels -> (H, W) by nearest neighbour (the labels of a capped prediction at full size)."""
+    if label.shape == tuple(size):
+        return label
+    t = torch.from_numpy(np.ascontiguousarray(label))[None, None].float()
+    return F.interpolate(t, size=tuple(size), mode="nearest")[0, 0].to(torch.uint8).numpy()
 
 
 def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

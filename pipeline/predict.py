@@ -50,13 +50,14 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def predict_files(model_path: str | Path, files: list[Path], out: str | Path, scales: list[float] = (1.0,),
-                  flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True) -> list[str]:
+                  flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True,
+                  max_side: int = 500) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
     of the images that could not be read (they are skipped). With ``progress``, the model's class names
     (``classes: 0 background, 1 ...``) and the progress go to stderr."""
     from pipeline.config import defaults
     from pipeline.device import resolve_device
-    from pipeline.inference import crf_refine, image_tensor, predict_probs, to_label
+    from pipeline.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
     from pipeline.io import DataError, read_rgb, write_label_png, write_rgb
     from pipeline.models.segmenter import load_segmenter
     from pipeline.palette import overlay
@@ -76,11 +77,14 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
             except DataError as err:
                 errors.append(str(err))
                 continue
-            probs = predict_probs(model, image_tensor(image, dev), scales, flip, amp=dev.type == "cuda")
+            small = cap_side(image, max_side)  # bounded memory: the network and the CRF at <= max_side
+            probs = predict_probs(model, image_tensor(small, dev), scales, flip, amp=dev.type == "cuda")
             if kernels is not None:
-                label = to_label(crf_refine(image, probs[0].cpu().numpy(), kernels))
+                label = to_label(crf_refine(small, probs[0].cpu().numpy(), kernels))
             else:
                 label = to_label(probs)
+            del probs
+            label = label_to_size(label, image.shape[:2])
             write_label_png(out / f"{f.stem}.png", label)
             write_rgb(out / f"{f.stem}_overlay.jpg", overlay(image, label))
     return errors
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated inference scales, e.g. 0.5,1.0,1.5 (default: 1.0)")
     parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    parser.add_argument("--max-side", type=int, default=500, metavar="PX",
+                        help="shrink larger images to this longest side for the network and the CRF; the label "
+                             "map is scaled back to the image's size (default: 500, VOC's largest side)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     from pipeline.io import DataError
@@ -120,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.model).is_file():
             raise DataError(f"{args.model}: segmentation model not found (train one with `dvc repro train_seg` "
                             "or pass --model)")
-        errors = predict_files(args.model, files, args.out, args.scales, args.flip, args.crf, args.device)
+        if args.max_side < 32:
+            raise ValueError(f"--max-side: {args.max_side} (must be >= 32)")
+        errors = predict_files(args.model, files, args.out, args.scales, args.flip, args.crf, args.device,
+                               max_side=args.max_side)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.device import resolve_device
 from pipeline.evaluation import chunks, confusion_csv, confusion_figure, overlay_figure, summarize
-from pipeline.inference import crf_label, image_tensor, predict_probs, to_label
+from pipeline.inference import cap_side, crf_label, image_tensor, label_to_size, predict_probs, to_label
 from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json
 from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
@@ -82,6 +82,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
             images, masks, probs = [], [], []
             for s in group:
                 image, mask = _load(s, num_classes)
+                image = cap_side(image, cfg.max_side)  # the network, the probabilities and the CRF at <= max_side
                 p = predict_probs(model, image_tensor(image, device), cfg.scales, cfg.flip, amp=device.type == "cuda")
                 images.append(image)
                 masks.append(mask)
@@ -92,8 +93,11 @@ def run(params: Params, upper_bound: bool = False) -> None:
             else:
                 preds = probs
             for s, image, mask, pred in zip(group, images, masks, preds):
+                pred = label_to_size(pred, mask.shape)
                 confusion_matrix(pred, mask, num_classes, out=conf)
                 if done < cfg.num_overlays:
+                    if image.shape[:2] != mask.shape:
+                        image = read_rgb(s.image)
                     write_bytes(overlays / f"{s.id}.png", overlay_figure(image, mask, pred, class_names, s.id))
                 done += 1
         write_bytes(figures / "confusion.png", confusion_figure(conf, class_names))

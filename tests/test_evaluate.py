@@ -161,3 +161,45 @@ def test_overlay_legend_names_every_label_in_either_map():
     # VOC palette: 0 black, 1 (128, 0, 0), 2 (0, 128, 0); 255 the cream "ignored" colour
     assert legend == [("background", (0, 0, 0)), ("cat", (128, 0, 0)), ("dog", (0, 128, 0)),
                       ("ignored", (224, 224, 192))]
+
+
+def test_capped_inference_size_and_labels_scaled_back():
+    from pipeline.inference import cap_side, capped_size, label_to_size
+
+    # 3000 x 2000 capped at 500: scale 1/6 -> 500 x 333 (333.33 rounded); small images untouched
+    assert capped_size(2000, 3000, 500) == (333, 500)
+    assert capped_size(375, 500, 500) == (375, 500)
+    image = np.zeros((60, 90, 3), np.uint8)
+    image[:, 45:] = 200
+    small = cap_side(image, 30)
+    assert small.shape == (20, 30, 3) and small[0, 0, 0] == 0 and small[0, -1, 0] == 200
+    assert cap_side(image, 90) is image
+    label = np.array([[1, 2], [3, 4]], np.uint8)
+    assert label_to_size(label, (4, 4)).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+
+
+def test_predict_caps_what_the_network_sees_and_writes_full_size_labels(tmp_path, monkeypatch):
+    """A 300 x 200 photo with --max-side 64: the network gets 64 x 43, the label PNG is 300 x 200 again."""
+    from PIL import Image
+
+    import pipeline.models.segmenter as segmenter
+    from pipeline import predict
+
+    seen = []
+
+    class Stub(torch.nn.Module):
+        class_names = ("background", "a")
+
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+            logits[:, 1, :, x.shape[-1] // 2:] = 1.0  # right half: class 1
+            return logits
+
+    monkeypatch.setattr(segmenter, "load_segmenter", lambda path, device: Stub().eval())
+    Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(tmp_path / "big.png")
+    errors = predict.predict_files(tmp_path / "m.pt", [tmp_path / "big.png"], tmp_path / "out", device="cpu",
+                                   progress=False, max_side=64)
+    assert errors == [] and seen == [(43, 64)]
+    label = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    assert label.shape == (200, 300) and label[:, :140].max() == 0 and label[:, 160:].min() == 1
