@@ -28,7 +28,7 @@ def _modules(package: str) -> list[str]:
 
 STAGES = _modules("stages")
 TOOLS = _modules("pipeline")
-BENCHMARKS = sorted(f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("bench_*.py"))
+BENCHMARKS = sorted(f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py"))
 ENTRY_POINTS = STAGES + TOOLS + BENCHMARKS
 # importing prefect creates its home, ./.prefect by default (pipeline/parallel.py prefect_env), before main() runs
 def test_the_entry_points_are_found():
