@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -183,3 +183,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FileSequence(Sequence):
+    """A read-only list whose item ``i`` is ``reader(paths[i])``, read when asked for: a training set of
+    image or label files that never sits in memory as a whole."""
+
+    def __init__(self, paths: Sequence[str | Path], reader: Callable[[Path], Any]):
+        self.paths, self.reader = [Path(p) for p in paths], reader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.reader(p) for p in self.paths[i]]
+        return self.reader(self.paths[i])

@@ -48,7 +48,8 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
                       *, dist: Distributed = Distributed(), resume: dict | None = None,
                       on_epoch: Callable[[int, dict, dict], None] | None = None,
                       progress: bool = True) -> tuple[AffinityNet, list[dict]]:
-    """Train on the in-memory images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure).
+    """Train on images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure): any sequences, e.g.
+    :class:`pipeline.io.FileSequence`, which reads each one when a batch needs it.
 
     ``resume``: a state from an earlier ``on_epoch(epoch, metrics, state)`` call (run after every epoch on
     every process). Returns the (unwrapped, eval-mode) network and the per-epoch metrics: the mean losses

@@ -18,7 +18,7 @@ train_cls, aream, par (and dataset, for the checkpoint tag). Writes
 ``aream.enabled`` forced off into ``models/classifier_base`` and ``reports/train_cls_base``: the "w/o
 AReAM" classifier whose CAMs give Table I's first rows (``baseline.enabled: false`` skips it).
 
-Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``torchrun --nproc_per_node=G -m stages.train_cls``
+Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``runtime.nproc`` (``--nproc G``; or torchrun by hand)
 (``train_cls.batch_size`` is the global batch, split over the processes; only rank 0 writes).
 """
 

@@ -2,11 +2,13 @@
 
 1. For every train image, the ``post.cam_variant`` CAMs are CRF-refined twice, with background
    power ``crf.alpha_low`` and ``crf.alpha_high``; PSA's rule keeps confident foreground (low
-   power), confident background (high power) and ignores the rest (255). Images run in parallel.
-2. AffinityNet (``psa`` params) learns from them (:mod:`pipeline.train_affinity`), checkpointing every
+   power), confident background (high power) and ignores the rest (255). Images run in parallel, and
+   each label map goes to ``models/affinitynet_ckpt/confident/<id>.png`` (removed when done).
+2. AffinityNet (``psa`` params) learns from them (:mod:`pipeline.train_affinity`), reading each image
+   and label map when a batch needs it, so memory does not grow with the training set; checkpointing every
    epoch to ``models/affinitynet_ckpt/last.pt`` under a tag of the params, the code, the data, the
    confident labels and the starting weights (resumed only under the same tag, deleted when done).
-   Multi-GPU: ``torchrun --nproc_per_node N -m stages.train_psa``.
+   Multi-GPU: ``runtime.nproc`` (``--nproc N``).
 
 Writes ``models/affinitynet/model.pt``, ``reports/train_psa/metrics.json`` (final losses, pair counts,
 and the quality of the confident regions against the train masks: mIoU over confident pixels and the
@@ -18,6 +20,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +29,7 @@ import torch
 from pipeline.config import CRF, ConfigError, Params, params_hash, weights_file
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.device import cpu_count
-from pipeline.io import read_label_png, read_rgb, write_json
+from pipeline.io import FileSequence, read_label_png, read_rgb, write_json, write_label_png
 from pipeline.models.affinitynet import save_affinitynet
 from pipeline.parallel import map_items
 from pipeline.postprocess.crf import background_probs, crf_inference
@@ -39,6 +43,7 @@ from stages._resume import run_tag
 
 MODEL = AFFINITYNET / "model.pt"
 CHECKPOINT = AFFINITYNET_CKPT / "last.pt"
+CONFIDENT = AFFINITYNET_CKPT / "confident"  # this run's confident label maps, one PNG per image (not an output)
 REPORT_DIR = REPORTS / "train_psa"
 METRICS = REPORT_DIR / "metrics.json"
 LIVE_DIR = REPORT_DIR / "live"
@@ -61,12 +66,23 @@ def confident_one(sample: Sample, variant: str, crf: CRF, num_classes: int) -> t
     return label, quality
 
 
-def labels_digest(labels: list[np.ndarray]) -> str:
-    """sha256 of the confident label maps AffinityNet learns from (shapes and bytes)."""
-    h = hashlib.sha256()
-    for label in labels:
-        h.update(str(label.shape).encode() + label.tobytes())
-    return h.hexdigest()
+def label_digest(label: np.ndarray) -> str:
+    """sha256 of one confident label map (shape and bytes)."""
+    return hashlib.sha256(str(label.shape).encode() + label.tobytes()).hexdigest()
+
+
+def labels_digest(digests: list[str]) -> str:
+    """sha256 of the confident label maps AffinityNet learns from, from their :func:`label_digest` in order."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def confident_to_file(sample: Sample, folder: Path, variant: str, crf: CRF,
+                      num_classes: int) -> tuple[str, dict | None]:
+    """:func:`confident_one`, its label map written to ``folder/<id>.png``; returns (its digest, quality), so
+    no process holds every label map (VOC train_aug: ~0.75 MB each at full size)."""
+    label, quality = confident_one(sample, variant, crf, num_classes)
+    write_label_png(folder / f"{sample.id}.png", label)
+    return label_digest(label), quality
 
 
 def run(params: Params) -> None:
@@ -81,11 +97,19 @@ def run(params: Params) -> None:
     num_classes = manifest.num_classes + 1
 
     dist, device = setup_distributed(params.runtime.device)
-    # the dense CRFs of the confident regions: each process takes every world_size-th image
-    fn = functools.partial(confident_one, variant=params.post.cam_variant, crf=params.crf, num_classes=num_classes)
+    # the dense CRFs of the confident regions: each process takes every world_size-th image and writes its
+    # label maps to CONFIDENT; the gather (a collective) returns once every process has written its own
+    if dist.is_main:  # a fresh, empty folder: no label map of an earlier run survives
+        shutil.rmtree(CONFIDENT, ignore_errors=True)
+        CONFIDENT.mkdir(parents=True)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    fn = functools.partial(confident_to_file, folder=CONFIDENT, variant=params.post.cam_variant, crf=params.crf,
+                           num_classes=num_classes)
     mine = map_items(fn, samples[dist.rank::dist.world_size], params.runtime, desc="confident regions")
     results = gather_shards(mine, len(samples), dist)
-    labels = [r[0] for r in results]
+    # read when a batch needs them: neither the images nor the label maps are held in memory
+    labels = FileSequence([CONFIDENT / f"{s.id}.png" for s in samples], read_label_png)
     conf, ignored, labelled = np.zeros((num_classes, num_classes), np.int64), 0, 0
     for _, q in results:
         if q is not None:
@@ -93,11 +117,11 @@ def run(params: Params) -> None:
             ignored += q["ignored"]
             labelled += q["labelled"]
     quality = summarize_quality(conf, ignored, labelled)
-    images = [read_rgb(s.image) for s in samples]
+    images = FileSequence([s.image for s in samples], read_rgb)
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
     tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "device": device.type, "world": dist.world_size,
-                                       "labels": labels_digest(labels)},
+                                       "labels": labels_digest([r[0] for r in results])},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.pretrained)])
     checkpoint = Checkpoint(CHECKPOINT, tag, "train_psa", dist)
     resume = checkpoint.load()
@@ -124,6 +148,7 @@ def run(params: Params) -> None:
         "metrics": {**last, "confident_miou": quality["miou"], "confident_ignored": quality["ignored"]}})
     write_json(METRICS, metrics)
     checkpoint.finish()
+    shutil.rmtree(CONFIDENT, ignore_errors=True)
     print(f"train_psa: confident regions mIoU {quality['miou']} ignored {quality['ignored']}; saved {MODEL}")
 
 

@@ -15,7 +15,7 @@ bound; images without a mask are skipped and counted). Trains per the ``seg`` se
 - ``reports/train_seg/metrics.json`` and per-epoch dvclive curves in ``reports/train_seg/live`` (wall
   time and throughput go to ``reports/timing/``, outside DVC).
 
-Multi-GPU: ``torchrun --nproc_per_node N -m stages.train_seg`` (DDP, ``seg.batch_size`` is the
+Multi-GPU: ``runtime.nproc`` (``--nproc N``: DDP, ``seg.batch_size`` is the
 global batch; rank 0 writes every output).
 
 ``python -m stages.train_seg --upper-bound`` (stage ``train_seg_gt``) trains the same network with

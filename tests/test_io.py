@@ -111,3 +111,19 @@ def test_file_sha256_alone_and_into_a_running_hash(tmp_path):
     h = hashlib.sha256(b"x")
     file_sha256(tmp_path / "a", h)
     assert h.hexdigest() == hashlib.sha256(b"xabc").hexdigest()
+
+
+def test_file_sequence_reads_each_item_when_asked(tmp_path):
+    from pipeline.io import FileSequence
+
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text(str(i * i))
+    reads = []
+
+    def reader(path):
+        reads.append(path.name)
+        return int(path.read_text())
+
+    seq = FileSequence([tmp_path / f"{i}.txt" for i in range(3)], reader)
+    assert len(seq) == 3 and reads == []  # nothing read up front
+    assert seq[2] == 4 and seq[1:] == [1, 4] and reads == ["2.txt", "1.txt", "2.txt"]
