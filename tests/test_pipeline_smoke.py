@@ -180,7 +180,9 @@ def test_a_skipped_upper_bound_completes_the_dag(smoke_repo):
     _edit_params(smoke_repo, "upper_bound", "enabled", False)
     _dvc("repro", cwd=smoke_repo)
     assert json.loads((smoke_repo / "reports/evaluate_gt/metrics.json").read_text())["skipped"] is True
-    assert "fully supervised bound" not in (smoke_repo / "reports/report.md").read_text()
+    report = (smoke_repo / "reports/report.md").read_text()
+    assert "(fully supervised bound)" not in report and "reaches" not in report  # no bound row, no fraction
+    assert json.loads((smoke_repo / "reports/metrics.json").read_text())["seg_frac"] is None
     (smoke_repo / "params.yaml").write_text(params)
     r = _dvc("repro", cwd=smoke_repo)  # back: the run cache restores the bound without training it
     assert "train_seg_gt: epoch" not in r.stdout + r.stderr
