@@ -31,14 +31,15 @@ Constant-cost stages: pretrain keeps the smoke profile's corpus (8 classes, 16 i
 import_weights converts a fixed file, analyze_layers reads analysis.num_images images, report reads
 metrics. Nothing downloads: the project's defaults are offline.
 
-    python benchmarks/bench_scale.py --preset voc --scale 0.01 --fractions 0.5,1.0   # about 5 minutes
-    python benchmarks/bench_scale.py --preset voc --scale 0.1                         # about 40 minutes
-    python benchmarks/bench_scale.py --preset voc,coco --workdir /scratch/bench       # 8-10 hours
+    python benchmarks/bench_scale.py --preset voc --scale 0.01 --fractions 0.5,1.0   # about 2 minutes
+    python benchmarks/bench_scale.py --preset voc --scale 0.1                         # about 8 minutes
+    python benchmarks/bench_scale.py --preset voc,coco --workdir /scratch/bench       # about 1.5 hours
 
-Duration and disk on 2 CPU cores: about 1 to 2 minutes per size for the constant-cost stages and DVC, plus
-0.6 to 0.9 s per image for all stages together (1.5 s with one worker and one thread), so the default voc
-run (0.25 + 0.5 + 1.0 of 12,031 images: 21,000 images) takes 4 to 5 hours and about 3 GB of disk (outputs
-and their copies in .dvc/cache, about 0.12 MB per image). make bench leaves it out: run it by hand.
+Duration and disk on 2 idle CPU cores (measured): about 1.5 minutes per size for the constant-cost stages
+and DVC, plus about 0.08 s per image for all stages together; the voc sizes 0.25 and 0.5 took 6.1 and 9.9
+minutes, so the default voc run (0.25 + 0.5 + 1.0 of 12,031 images) takes about 40 minutes and a few GB of
+disk (outputs and their copies in .dvc/cache, about 0.25 MB per image together). Any other job on the
+cores slows it several times over. make bench leaves it out: run it by hand.
 
 Follow a run: one line per stage as it finishes; each stage's output goes to
 WORKDIR/PRESET-FRACTION/logs/STAGE.log (tail -f it). The scratch projects stay in the working folder.
