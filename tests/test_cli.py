@@ -165,19 +165,26 @@ def test_a_psa_file_of_another_architecture_is_one_config_error(wider_vit):
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """No hub access and an empty hub cache; a download by URL fails the test."""
+    """No machine without internet can fetch hub weights: every function through which timm, smp and torch
+    would fetch them raises what the hub raises offline, so no test ever opens a connection."""
+    import huggingface_hub
     import huggingface_hub.constants
+    import segmentation_models_pytorch.encoders as smp_encoders
     import timm.models._builder as builder
+    import torch.hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline_error(*args, **kwargs):
+        raise LocalEntryNotFoundError("offline: the requested weights are not in the local cache")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError(f"a test tried to download {args[:1]}")
-
-    monkeypatch.setattr(builder, "load_state_dict_from_url", no_download)
-    monkeypatch.setattr(builder, "download_cached_file", no_download)
+    for module, name in ((builder, "load_pretrained"), (builder, "load_state_dict_from_url"),
+                         (builder, "download_cached_file"), (smp_encoders, "hf_hub_download"),
+                         (huggingface_hub, "hf_hub_download"), (torch.hub, "load_state_dict_from_url")):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, offline_error)
 
 
 def _hub_classifier():
