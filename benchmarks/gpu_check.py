@@ -263,10 +263,9 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_labels,
-                                             radius_offsets)
-    from pipeline.train_affinity import make_batch
-    from pipeline.training import amp, backward_step
+    from pipeline.models.affinitynet import AffinityNet, radius_offsets
+    from pipeline.train_affinity import affinity_step, make_batch
+    from pipeline.training import amp
 
     cfg, dev = ctx.params.psa, ctx.device
     torch.manual_seed(cfg.seed)
@@ -286,13 +285,7 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     last: dict[str, Any] = {}
 
     def step():
-        with autocast():
-            emb = model(x)
-        aff = pair_affinities(emb.float(), offsets)
-        bg, fg, neg = pair_labels(y, offsets)
-        losses = pair_affinity_loss(aff, bg, fg, neg)
-        backward_step(losses["loss"], optimizer, scaler)
-        last["loss"] = losses["loss"]
+        last["loss"] = affinity_step(model, x, y, offsets, optimizer, scaler, autocast)[0]["loss"]
 
     m = timed_steps(step, cfg.batch_size, ctx, allowance)
     check_finite(last["loss"], "the AffinityNet loss")

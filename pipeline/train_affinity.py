@@ -44,6 +44,19 @@ def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], idx: 
     return x, y
 
 
+def affinity_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offsets, optimizer, scaler,
+                  autocast) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step of AffinityNet on images ``x`` and cell labels ``y``: the pair affinities within
+    ``offsets``, PSA's balanced loss and its backward pass; returns (losses, bg, fg, neg pair masks)."""
+    with autocast():
+        emb = net(x)
+    aff = pair_affinities(emb.float(), offsets)
+    bg, fg, neg = pair_labels(y, offsets)
+    losses = pair_affinity_loss(aff, bg, fg, neg)
+    backward_step(losses["loss"], optimizer, scaler)
+    return losses, bg, fg, neg
+
+
 def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: PSA, device: torch.device,
                       *, dist: Distributed = Distributed(), resume: dict | None = None,
                       on_epoch: Callable[[int, dict, dict], None] | None = None,
@@ -77,12 +90,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
                                 enabled=progress and dist.is_main):
             x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, cfg.seed, epoch)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast():
-                emb = net(x)
-            aff = pair_affinities(emb.float(), offsets)
-            bg, fg, neg = pair_labels(y, offsets)
-            losses = pair_affinity_loss(aff, bg, fg, neg)
-            backward_step(losses["loss"], opt, scaler)
+            losses, bg, fg, neg = affinity_step(net, x, y, offsets, opt, scaler, autocast)
             sched.step()
             values = [losses[k].item() for k in SUMMED[:4]] + [float(m.sum()) / len(idx) for m in (bg, fg, neg)]
             sums += torch.tensor(values + [1.0], dtype=torch.float64)
