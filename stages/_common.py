@@ -111,24 +111,23 @@ def stage_main(run: Callable[..., None], arguments: Callable[[argparse.ArgumentP
                              help="DDP processes on this node (default: runtime.nproc of params.yaml)")
 
     argv = sys.argv[1:] if argv is None else argv
-    options = vars(stage_parser(run, add_arguments).parse_args(argv))
+    parser = stage_parser(run, add_arguments)
+    options = vars(parser.parse_args(argv))
     nproc = options.pop("nproc", None)
     start = time.perf_counter()
     try:
         params = load_params()
-        if distributed:
-            nproc = params.runtime.nproc if nproc is None else nproc
-            if nproc < 1:
-                raise ConfigError(f"--nproc: {nproc} (must be >= 1)")
-        if distributed and nproc > 1 and "WORLD_SIZE" not in os.environ:
-            print(f"{stage_parser(run).prog}: {nproc} DDP processes", file=sys.stderr, flush=True)
-            code = launch_processes(nproc, ["-m", stage_parser(run).prog.split()[-1], *argv])
+        nproc = params.runtime.nproc if distributed and nproc is None else nproc
+        if nproc is not None and nproc < 1:
+            raise ConfigError(f"--nproc: {nproc} (must be >= 1)")
+        if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            print(f"{parser.prog}: {nproc} DDP processes", file=sys.stderr, flush=True)
+            code = launch_processes(nproc, ["-m", parser.prog.split()[-1], *argv])
             if code:
                 print(f"error: a process of {nproc} exited with {code} (its output is above)", file=sys.stderr)
                 sys.exit(code)
-            print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-            return
-        run(params, **options)
+        else:
+            run(params, **options)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
