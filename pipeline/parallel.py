@@ -1,7 +1,10 @@
 """Fan-out of per-image work: in-process, a local process pool, or Prefect task runners (processes / Dask).
 
 ``map_items(fn, items, runtime, desc)`` applies a picklable ``fn`` to every item and returns the
-results in input order, whatever the runner:
+results in input order, whatever the runner. ``fold_items(fn, items, runtime, start, desc)`` adds each
+result into a running total instead (``start()`` makes an empty one with ``add(result)`` and
+``merge(other)``), so a stage that sums per-image counts keeps memory that does not grow with the
+number of images. The runners:
 
 - ``serial``: a plain loop (tests, tiny sets, debugging).
 - ``process`` (default): a local process pool; no orchestration overhead.
@@ -16,9 +19,11 @@ Stages pass a ``functools.partial`` of a module-level function so the same call 
 
 from __future__ import annotations
 
+import functools
 import os
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 from pipeline.progress import progress
 
@@ -27,6 +32,7 @@ from pipeline.device import cpu_count
 
 T = TypeVar("T")
 R = TypeVar("R")
+A = TypeVar("A", bound="Total")
 
 TASK_RETRIES = 2
 
@@ -62,17 +68,73 @@ def apply_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
     return [fn(x) for x in chunk]
 
 
+class Total(Protocol):
+    """A running total for :func:`fold_items`."""
+
+    def add(self, result) -> None: ...
+
+    def merge(self, other: "Total") -> None: ...
+
+
+def _local(runtime: Runtime, n_items: int) -> bool:
+    return runtime.task_runner == "serial" or num_workers(runtime) <= 1 or n_items <= 1
+
+
+def _stream(fn: Callable[[T], R], items: list[T], workers: int) -> Iterator[R]:
+    """Results of ``fn`` over a process pool in input order, as they come: at most ``2 * workers`` chunks
+    are in flight, so results waiting to be consumed stay bounded however many items there are."""
+    chunks = chunked(items, max(workers * 8, len(items) // 64))
+    pending: deque = deque()
+    todo = iter(chunks)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        for chunk in todo:
+            pending.append(pool.submit(apply_chunk, fn, chunk))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done = pending.popleft().result()
+            chunk = next(todo, None)
+            if chunk is not None:
+                pending.append(pool.submit(apply_chunk, fn, chunk))
+            yield from done
+
+
 def map_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, desc: str = "items") -> list[R]:
     """Apply ``fn`` to each item, with a progress bar; results keep the input order."""
     items = list(items)
-    workers = num_workers(runtime)
     if runtime.task_runner in ("prefect", "dask") and items:
         return _map_with_prefect(fn, items, runtime, desc)
-    if runtime.task_runner == "serial" or workers <= 1 or len(items) <= 1:
+    if _local(runtime, len(items)):
         return [fn(x) for x in progress(items, desc=desc)]
-    chunksize = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-        return list(progress(pool.map(fn, items, chunksize=chunksize), desc=desc, total=len(items)))
+    return list(progress(_stream(fn, items, num_workers(runtime)), desc=desc, total=len(items)))
+
+
+def fold_chunk(fn: Callable[[T], R], start: Callable[[], A], chunk: list[T]) -> A:
+    total = start()
+    for x in chunk:
+        total.add(fn(x))
+    return total
+
+
+def fold_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, start: Callable[[], A],
+               desc: str = "items") -> A:
+    """``start()`` with ``add(fn(x))`` for every item: the same total as a serial loop, whatever the runner.
+
+    Locally the results are added as they arrive (a bounded number in flight); under Prefect or Dask each
+    task adds up its own chunk and the totals of a fixed number of chunks are merged. Either way memory
+    holds a few totals, never a result per item. ``fn`` and ``start`` must be picklable."""
+    items = list(items)
+    total = start()
+    if runtime.task_runner in ("prefect", "dask") and items:
+        chunks = chunked(items, num_workers(runtime) * 4)
+        for part in _map_with_prefect(functools.partial(fold_chunk, fn, start), chunks, runtime, desc):
+            total.merge(part)
+        return total
+    local = _local(runtime, len(items))
+    results = (fn(x) for x in items) if local else _stream(fn, items, num_workers(runtime))
+    for r in progress(results, desc=desc, total=len(items)):
+        total.add(r)
+    return total
 
 
 def prefect_env(logging_level: str | None = "WARNING") -> None:

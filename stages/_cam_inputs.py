@@ -40,17 +40,9 @@ def fan_out_runtime(runtime: Runtime, device_type: str) -> tuple[Runtime, int]:
     return runtime.model_copy(update={"task_runner": "serial"}), 0
 
 
-def write_sweep_report(method: str, counts: list, thresholds: np.ndarray, num_classes: int,
-                       num_images: int) -> dict:
-    """Merge per-image sweep counts (None = no mask) into reports/postprocess/<method>.json."""
-    from pipeline.metrics import ThresholdSweep
-    from pipeline.postprocess.labels import merge_sweep_counts, sweep_summary
-
-    sweep = ThresholdSweep(thresholds, num_classes)
-    for c in counts:
-        if c is not None:
-            merge_sweep_counts(sweep, c)
-    metrics = {**sweep_summary(sweep), "images": num_images}
+def write_sweep_report(method: str, total: Any, num_images: int) -> dict:
+    """The summed sweep (a :class:`pipeline.postprocess.labels.SweepTotal`) as reports/postprocess/<method>.json."""
+    metrics = {**total.summary(), "images": num_images}
     write_json(REPORTS / "postprocess" / f"{method}.json", metrics)
     print(f"{method}: {num_images} images, sweep mIoU {metrics['sweep_miou']}")
     return metrics
@@ -81,7 +73,8 @@ def run_refinement(method: str, params: Params, refine: Callable[[np.ndarray, np
     atomically, then the sweep report."""
     from pipeline.data.manifest import load_manifest
     from pipeline.metrics import thresholds_from
-    from pipeline.parallel import map_items
+    from pipeline.parallel import fold_items
+    from pipeline.postprocess.labels import SweepTotal
 
     manifest = load_manifest(MANIFEST)
     samples = manifest.split("train")
@@ -90,5 +83,6 @@ def run_refinement(method: str, params: Params, refine: Callable[[np.ndarray, np
     with atomic_dir(SCORES / method) as tmp:
         fn = functools.partial(refine_and_count, refine=refine, out_dir=str(tmp), variant=params.post.cam_variant,
                                thresholds=thresholds, num_classes=num_classes, threads=threads)
-        counts = map_items(fn, samples, runtime or params.runtime, desc=method)
-    return write_sweep_report(method, counts, thresholds, num_classes, len(samples))
+        start = functools.partial(SweepTotal, thresholds, num_classes)
+        total = fold_items(fn, samples, runtime or params.runtime, start, desc=method)
+    return write_sweep_report(method, total, len(samples))

@@ -27,10 +27,9 @@ from pipeline.cams import load_cam_scores
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
 from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, write_json, write_label_png
-from pipeline.metrics import ThresholdSweep, thresholds_from
-from pipeline.parallel import map_items
-from pipeline.postprocess.labels import (add_sparse, label_quality, merge_sweep_counts, pseudo_labels_keyed,
-                                         sparse_counts, summarize_quality, sweep_counts, sweep_summary)
+from pipeline.metrics import thresholds_from
+from pipeline.parallel import fold_items
+from pipeline.postprocess.labels import QualityTotal, label_quality, pseudo_labels_keyed, sparse_counts, sweep_counts
 from stages._common import CAMS, MANIFEST, PSEUDO, REPORTS, SCORES, stage_main
 
 CAM_SOURCES = ("cam", "avg", "aream", "first_k")
@@ -100,20 +99,10 @@ def run(params: Params) -> None:
     with atomic_dir(PSEUDO) as tmp:
         fn = functools.partial(label_one, out_dir=str(tmp), source=cfg.source, sources=sources, alpha1=cfg.alpha1,
                                alpha2=cfg.alpha2, thresholds=thresholds, num_classes=num_classes)
-        results = map_items(fn, samples, params.runtime, desc="pseudo labels")
+        start = functools.partial(QualityTotal, sources, thresholds, num_classes)
+        total = fold_items(fn, samples, params.runtime, start, desc="pseudo labels")
 
-    metrics: dict = {}
-    for name in sources:
-        conf, ignored, labelled = np.zeros((num_classes, num_classes), np.int64), 0, 0
-        sweep = ThresholdSweep(thresholds, num_classes)
-        for r in results:
-            if name in r:
-                quality, counts = r[name]
-                add_sparse(conf, quality["confusion"])
-                ignored += quality["ignored"]
-                labelled += quality["labelled"]
-                merge_sweep_counts(sweep, counts)
-        metrics[name] = {**summarize_quality(conf, ignored, labelled), **sweep_summary(sweep)}
+    metrics = {name: total.summary(name) for name in sources}
     summary = {"miou": metrics[cfg.source]["miou"], "ignored": metrics[cfg.source]["ignored"], "images": len(samples)}
     write_json(REPORT, {**summary, **metrics})
     rows = ", ".join(f"{n} {m['miou']}" for n, m in metrics.items())

@@ -8,8 +8,9 @@ from PIL import Image
 from pipeline.io import read_label_png, write_label_png
 from pipeline.metrics import ThresholdSweep
 from pipeline.palette import voc_palette
-from pipeline.postprocess.labels import (argmax_labels, label_quality, merge_sweep_counts, pseudo_labels,
-                                         pseudo_labels_keyed, summarize_quality, sweep_counts, sweep_summary)
+from pipeline.postprocess.labels import (QualityTotal, SweepTotal, argmax_labels, label_quality, merge_sweep_counts,
+                                         pseudo_labels, pseudo_labels_keyed, sparse_counts, summarize_quality,
+                                         sweep_counts, sweep_summary)
 
 A1, A2 = 0.25, 0.7
 
@@ -87,6 +88,38 @@ def test_sparse_sweep_counts_merge_to_the_direct_sweep():
     np.testing.assert_array_equal(direct.hist, merged.hist)
     assert sweep_summary(merged)["sweep_miou"] == pytest.approx(direct.result()["best_miou"])
     assert sweep_summary(ThresholdSweep(th, 4)) == {"sweep_miou": None, "best_threshold": None}
+
+
+def test_totals_added_per_image_or_merged_per_chunk_agree():
+    th = np.array([0.0, 0.5])
+    target = np.array([[1, 0, 1, 0], [0, 255, 0, 1]])
+    pred = np.array([[1, 1, 255, 0], [255, 0, 0, 1]])
+    scores, keys = np.full((1, 2, 4), 0.7, np.float32), np.array([1])
+
+    def image():  # one image with a mask, as label_one returns it, for sources "a" and "b"
+        q = label_quality(pred, target, 2)
+        q["confusion"] = sparse_counts(q["confusion"])
+        return {"a": (q, sweep_counts(scores, keys, target, th, 2)), "b": (q, sweep_counts(scores, keys, target, th, 2))}
+
+    serial = QualityTotal(("a", "b"), th, 2)
+    for _ in range(3):
+        serial.add(image())
+    serial.add({})  # an image without a mask counts for nothing
+    first, second = QualityTotal(("a", "b"), th, 2), QualityTotal(("a", "b"), th, 2)
+    first.add(image())
+    second.add(image())
+    second.add(image())
+    first.merge(second)
+    # three copies of the hand-computed case above: IoU 2/3 for both classes, 6 of 21 labelled pixels ignored
+    for total in (serial, first):
+        s = total.summary("a")
+        assert s["miou"] == pytest.approx(2 / 3) and s["ignored"] == pytest.approx(6 / 21)
+        np.testing.assert_array_equal(total.confusion["b"], 3 * np.array([[2, 1], [0, 2]]))
+    # every labelled pixel scores 0.7 for class 1: above both thresholds, so all 7 x 3 predicted class 1
+    assert serial.sweeps["a"].sweep.hist.sum() == 21 and serial.summary("a") == first.summary("a")
+    sweep = SweepTotal(th, 2)
+    sweep.add(None)
+    assert sweep.summary() == {"sweep_miou": None, "best_threshold": None}
 
 
 def test_label_png_round_trip_palette(tmp_path):

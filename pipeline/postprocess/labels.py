@@ -11,7 +11,8 @@ Both inequalities are strict, as written in the paper: a maximum exactly equal t
 arrays or torch tensors (any device) and return the same kind.
 
 :func:`label_quality` and :func:`sweep_counts` return small per-image counts that add up over a
-data set (they run inside worker processes; the stage sums them).
+data set (they run inside worker processes); :class:`QualityTotal` and :class:`SweepTotal` sum them as
+they arrive (:func:`pipeline.parallel.fold_items`).
 """
 
 from __future__ import annotations
@@ -172,3 +173,52 @@ def sweep_summary(sweep: ThresholdSweep) -> dict[str, float | None]:
         return {"sweep_miou": None, "best_threshold": None}
     res = sweep.result()
     return {"sweep_miou": res["best_miou"], "best_threshold": res["best_threshold"]}
+
+
+class SweepTotal:
+    """A :class:`ThresholdSweep` summed over images from :func:`sweep_counts` results (None: an image
+    without a mask): the running total of :func:`pipeline.parallel.fold_items`."""
+
+    def __init__(self, thresholds: np.ndarray, num_classes: int):
+        self.sweep = ThresholdSweep(thresholds, num_classes)
+
+    def add(self, counts: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if counts is not None:
+            merge_sweep_counts(self.sweep, counts)
+
+    def merge(self, other: "SweepTotal") -> None:
+        self.sweep.hist += other.sweep.hist
+
+    def summary(self) -> dict[str, float | None]:
+        return sweep_summary(self.sweep)
+
+
+class QualityTotal:
+    """Per score source, the Eq. 16 label quality (:func:`label_quality`) and the threshold sweep summed
+    over images. ``add`` takes one image's ``{source: (quality with sparse confusion, sweep counts)}``
+    ({} without a mask); memory is one confusion matrix and one sweep per source, whatever the images."""
+
+    def __init__(self, sources: tuple[str, ...], thresholds: np.ndarray, num_classes: int):
+        self.confusion = {s: np.zeros((num_classes, num_classes), np.int64) for s in sources}
+        self.ignored = dict.fromkeys(sources, 0)
+        self.labelled = dict.fromkeys(sources, 0)
+        self.sweeps = {s: SweepTotal(thresholds, num_classes) for s in sources}
+
+    def add(self, image: dict) -> None:
+        for name, (quality, counts) in image.items():
+            add_sparse(self.confusion[name], quality["confusion"])
+            self.ignored[name] += quality["ignored"]
+            self.labelled[name] += quality["labelled"]
+            self.sweeps[name].add(counts)
+
+    def merge(self, other: "QualityTotal") -> None:
+        for name in self.confusion:
+            self.confusion[name] += other.confusion[name]
+            self.ignored[name] += other.ignored[name]
+            self.labelled[name] += other.labelled[name]
+            self.sweeps[name].merge(other.sweeps[name])
+
+    def summary(self, name: str) -> dict[str, float | None]:
+        """{"miou", "ignored"} of the labels and {"sweep_miou", "best_threshold"} of the scores."""
+        return {**summarize_quality(self.confusion[name], self.ignored[name], self.labelled[name]),
+                **self.sweeps[name].summary()}
