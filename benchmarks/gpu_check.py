@@ -263,7 +263,7 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.models.affinitynet import AffinityNet, radius_offsets
+    from pipeline.models.affinitynet import AffinityNet, pair_border, radius_offsets
     from pipeline.train_affinity import affinity_step, make_batch
     from pipeline.training import amp
 
@@ -285,7 +285,8 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     last: dict[str, Any] = {}
 
     def step():
-        last["loss"] = affinity_step(model, x, y, offsets, optimizer, scaler, autocast)[0]["loss"]
+        last["loss"] = affinity_step(model, x, y, offsets, optimizer, scaler, autocast,
+                                     pair_border(cfg.radius, cfg.pairs))[0]["loss"]
 
     m = timed_steps(step, cfg.batch_size, ctx, allowance)
     check_finite(last["loss"], "the AffinityNet loss")

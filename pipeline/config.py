@@ -232,6 +232,16 @@ class Analysis(Section):
 
 class Post(Section):
     cam_variant: Literal["cam", "avg", "aream", "first_k"]  # input of PAR / CRF / PSA (default avg; scratch: cam)
+    par_mode: Literal["image", "afa"]  # PAR at image size on the class maps, or AFA's reference refinement
+    par_backgrounds: tuple[float, float]  # afa: (high, low) constant background scores before the softmax
+    walk_pool: Literal["adaptive", "padded"]  # random-walk input: adaptive pooling, or PSA's zero-pad + crop
+
+    @model_validator(mode="after")
+    def _backgrounds_order(self) -> "Post":
+        high, low = self.par_backgrounds
+        if not high >= low:
+            raise ValueError(f"post.par_backgrounds: (high, low) expected, got {list(self.par_backgrounds)}")
+        return self
 
 
 class CRFKernels(Section):
@@ -260,6 +270,7 @@ class PSA(Section):
     weight_decay: float = Field(ge=0)
     embed_dim: int = Field(ge=1)  # AffinityNet embedding channels
     radius: int = Field(ge=2)
+    pairs: Literal["all", "cropped"]  # in-map pairs within the radius, or PSA's (no source cell near the border)
     feature_stride: int = Field(ge=1)
     alpha: float = Field(gt=0)  # background channel (1 - max)^alpha of the random-walk input
     beta: float = Field(gt=0)

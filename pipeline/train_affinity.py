@@ -24,7 +24,7 @@ import torch
 
 from pipeline.config import PSA
 from pipeline.device import seed_everything
-from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_labels,
+from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_border, pair_labels,
                                          radius_offsets)
 from pipeline.postprocess.psa import downsample_labels, random_crop
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order,
@@ -45,13 +45,14 @@ def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], idx: 
 
 
 def affinity_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offsets, optimizer, scaler,
-                  autocast) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  autocast, border: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step of AffinityNet on images ``x`` and cell labels ``y``: the pair affinities within
-    ``offsets``, PSA's balanced loss and its backward pass; returns (losses, bg, fg, neg pair masks)."""
+    ``offsets`` (sources off ``border``, :func:`pipeline.models.affinitynet.pair_slices`), PSA's balanced loss
+    and its backward pass; returns (losses, bg, fg, neg pair masks)."""
     with autocast():
         emb = net(x)
-    aff = pair_affinities(emb.float(), offsets)
-    bg, fg, neg = pair_labels(y, offsets)
+    aff = pair_affinities(emb.float(), offsets, border)
+    bg, fg, neg = pair_labels(y, offsets, border=border)
     losses = pair_affinity_loss(aff, bg, fg, neg)
     backward_step(losses["loss"], optimizer, scaler)
     return losses, bg, fg, neg
@@ -71,7 +72,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     seed_everything(cfg.seed)
     model = AffinityNet(cfg.backbone, cfg.pretrained, cfg.feature_stride, cfg.embed_dim).to(device).train()
     net = wrap(model, dist, device, sync_bn=True)
-    offsets = radius_offsets(cfg.radius)
+    offsets, border = radius_offsets(cfg.radius), pair_border(cfg.radius, cfg.pairs)
     per_rank = max(2, cfg.batch_size // dist.world_size)  # BatchNorm cannot train on one image's 1x1 features
     steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank,
                         drop_single=True))
@@ -90,7 +91,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
                                 enabled=progress and dist.is_main):
             x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, cfg.seed, epoch)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            losses, bg, fg, neg = affinity_step(net, x, y, offsets, opt, scaler, autocast)
+            losses, bg, fg, neg = affinity_step(net, x, y, offsets, opt, scaler, autocast, border)
             sched.step()
             values = [losses[k].item() for k in SUMMED[:4]] + [float(m.sum()) / len(idx) for m in (bg, fg, neg)]
             sums += torch.tensor(values + [1.0], dtype=torch.float64)

@@ -111,3 +111,48 @@ def test_background_channel_and_zero_channels():
 def test_dilations_larger_than_the_image_are_fine():
     out = par_refine(torch.rand(1, 3, 5, 5), torch.rand(1, 2, 5, 5), _cfg(dilations=[1, 24], iterations=2))
     assert torch.isfinite(out).all()
+
+
+def test_afa_refinement_constant_maps_by_hand():
+    """A constant CAM c on a flat image: PAR keeps every channel constant (scaled alike), so AFA's labels are
+    the arg-max of softmax([b, c]): foreground when c > b. Backgrounds (0.55, 0.35): c = 0.6 beats both,
+    c = 0.45 only the low one (ignored), c = 0.2 neither (background)."""
+    import numpy as np
+
+    from pipeline.postprocess.afa import afa_labels, afa_scores
+    from pipeline.postprocess.labels import pseudo_labels_keyed
+
+    image = np.full((6, 8, 3), 120, np.uint8)
+    for c, high, low, score in [(0.6, 1, 1, 1.0), (0.45, 0, 1, 0.5), (0.2, 0, 0, 0.0)]:
+        cams = np.full((1, 6, 8), c, np.float32)
+        labels = afa_labels(torch.from_numpy(image).permute(2, 0, 1).float(), torch.from_numpy(cams), SCRATCH.par,
+                            (0.55, 0.35))
+        assert labels.shape == (2, 6, 8)
+        assert (labels[0] == high).all() and (labels[1] == low).all()
+        out = afa_scores(image, cams, SCRATCH.par, (0.55, 0.35))
+        assert out.shape == (1, 6, 8) and np.all(out == score)
+        # Eq. 16 with the default alphas gives back AFA's labels: class 7, ignored, background
+        eq16 = pseudo_labels_keyed(out, np.array([7]), 0.25, 0.7)
+        assert np.all(eq16 == {1.0: 7, 0.5: 255, 0.0: 0}[score])
+
+
+def test_afa_scores_encode_the_label_rule():
+    """On random maps: Eq. 16 of the stored scores = AFA's rule (high-background label; where that is
+    background, 255 if the low background still finds a class, else 0)."""
+    import numpy as np
+
+    from pipeline.postprocess.afa import afa_labels, afa_scores
+    from pipeline.postprocess.labels import pseudo_labels_keyed
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    cams = rng.random((2, 10, 12)).astype(np.float32)
+    keys = np.array([3, 11])
+    high, low = afa_labels(torch.from_numpy(image).permute(2, 0, 1).float() / 255, torch.from_numpy(cams),
+                           SCRATCH.par, (0.55, 0.35)).numpy()
+    ids = np.array([0, 3, 11])
+    expected = np.where(high > 0, ids[high], np.where(low > 0, 255, 0))
+    assert len(np.unique(expected)) >= 3  # the case exercises foreground, ignored and background
+    got = pseudo_labels_keyed(afa_scores(image, cams, SCRATCH.par, (0.55, 0.35)), keys, 0.25, 0.7)
+    np.testing.assert_array_equal(got, expected)
+    assert afa_scores(image, cams[:0], SCRATCH.par, (0.55, 0.35)).shape == (0, 10, 12)

@@ -112,6 +112,21 @@ def test_all_postprocessing_stages_and_pseudo_labels(workspace):
     assert metrics["crf"]["sweep_miou"] > metrics[params.post.cam_variant]["sweep_miou"]
 
 
+def test_reference_variants_of_par_and_psa(workspace):
+    """The reference codes' choices (post.par_mode afa, psa.pairs cropped, post.walk_pool padded) run through
+    the same stage contracts."""
+    from stages import postprocess_par, postprocess_psa, train_psa
+
+    params = tiny_params(post={"par_mode": "afa", "walk_pool": "padded"}, psa={"pairs": "cropped"})
+    postprocess_par.run(params)
+    check_scores(workspace, "par")
+    for sid in IDS:  # AFA's labels, stored as Eq. 16 scores
+        assert set(np.unique(read_npz(workspace / "data" / "scores" / "par" / f"{sid}.npz")["scores"])) <= {0, 0.5, 1}
+    train_psa.run(params)
+    postprocess_psa.run(params)
+    check_scores(workspace, "psa")
+
+
 def test_pseudo_labels_and_crf_name_what_is_missing(workspace):
     from stages import postprocess_crf, pseudo_labels
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipeline.models.affinitynet import (AffinityNet, pair_affinity_loss, affinity_matrix, load_affinitynet,
-                                         pair_affinities, pair_labels, radius_offsets, save_affinitynet)
+                                         pair_affinities, pair_border, pair_labels, pair_slices, radius_offsets,
+                                         save_affinitynet)
 from pipeline.postprocess.psa import (confident_labels, downsample_labels, random_crop, random_walk, transition_matrix,
                                       walk_inputs, walk_scores)
 
@@ -153,6 +154,48 @@ def test_walk_inputs_and_scores():
     fg = walk_scores(cams, (8, 8))
     assert fg.shape == (1, 8, 8) and fg.min() >= 0 and fg.max() <= 1
     assert fg[0, 0, 0] == pytest.approx(1.0) and fg[0, 7, 7] == pytest.approx(0.0)
+
+
+def test_padded_walk_input_pools_zero_padded_cells_and_crops_back():
+    # PSA's pooling: a 3x3 map at stride 2 is zero-padded to 4x4 and pooled in 2x2 cells
+    scores = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    cams = walk_inputs(scores, (2, 2), alpha=1, stride=2)
+    # foreground: cell (0,0) = 4 ones / 4; (0,1) = [0, 0] + 2 padded zeros -> 0; (1,1) = one 1 of 4 cells -> 0.25
+    torch.testing.assert_close(cams[1], torch.tensor([[1.0, 0.0], [0.0, 0.25]]))
+    # background (1 - max)^1 before padding: cell (0,1) = (1 + 1 + 0 + 0) / 4, (1,0) = (1 + 1) / 4, (1,1) = 0
+    torch.testing.assert_close(cams[0], torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
+    # adaptive pooling of the same map averages overlapping 2x2 windows instead: no padded zeros
+    torch.testing.assert_close(walk_inputs(scores, (2, 2), alpha=1)[1], torch.tensor([[1.0, 0.5], [0.5, 0.5]]))
+    # back: upsampled to the padded 4x4 and cropped to 3x3 (a constant walk output stays constant)
+    fg = walk_scores(torch.stack([torch.full((2, 2), 1.0), torch.full((2, 2), 3.0)]), (3, 3), stride=2)
+    assert fg.shape == (1, 3, 3)
+    torch.testing.assert_close(fg, torch.full((1, 3, 3), 0.75))
+    with pytest.raises(ValueError, match="does not cover"):
+        walk_inputs(torch.zeros(1, 5, 5), (2, 2), alpha=1, stride=2)
+
+
+def test_cropped_pairs_are_psa_pairs():
+    # PSA's get_indices_of_pairs(radius 2, (4, 5)): sources in rows [0, 3) and columns [1, 4): 3 x 3 cells
+    assert pair_border(2, "cropped") == 1 and pair_border(5, "cropped") == 4 and pair_border(5, "all") == 0
+    h, w = 4, 5
+    for dy, dx in radius_offsets(2):  # (0, 1), (1, -1), (1, 0), (1, 1)
+        (ry, rx), (ty, tx) = pair_slices(h, w, dy, dx, border=1)
+        assert (ry, rx) == (slice(0, 3), slice(1, 4))
+        assert (ty, tx) == (slice(dy, 3 + dy), slice(1 + dx, 4 + dx))
+    # all in-map pairs of the same offsets: 4*4 + 3*4 + 3*5 + 3*4 = 55; cropped: 4 offsets x 9 sources = 36
+    emb = torch.rand(1, 3, h, w)
+    assert pair_affinities(emb, radius_offsets(2)).shape == (1, 55)
+    assert pair_affinities(emb, radius_offsets(2), border=1).shape == (1, 36)
+    bg, fg, neg = pair_labels(torch.zeros(1, h, w, dtype=torch.long), radius_offsets(2), border=1)
+    assert bg.shape == (1, 36) and bg.all() and not fg.any() and not neg.any()
+    # the walk's matrix: the diagonal (20) and each cropped pair in both directions (72)
+    assert affinity_matrix(emb[0], 2, border=1).values().numel() == 20 + 72
+    # the last row and the first / last columns are never sources, but are targets: row 3 has pairs
+    a = affinity_matrix(emb[0], 2, border=1).to_dense()
+    assert (a[15:20].count_nonzero(1) > 1).all()  # row 3 cells reach up to row 2 sources
+    assert pair_slices(2, 2, 0, 1, border=1) is None  # no source cell left
+    with pytest.raises(ValueError, match="past the border"):
+        pair_slices(6, 6, 2, 0, border=1)
 
 
 # ---------------------------------------------------------------- AffinityNet

@@ -10,7 +10,9 @@ A timm backbone (``features_only=True``) gives a feature pyramid; every level at
 (the L1 distance averaged over channels, as in the reference implementation), computed only for
 pairs closer than ``radius`` cells. :func:`radius_offsets` lists each unordered pair once
 (the "forward" half of the disc); training uses the pairs of every offset that fall inside the
-feature map, the random walk builds a sparse symmetric matrix from them.
+feature map, the random walk builds a sparse symmetric matrix from them. With ``border`` = radius - 1
+(``psa.pairs: cropped``) only the pairs PSA's reference code uses are kept: those whose source cell lies
+neither in the last ``border`` rows nor in the first or last ``border`` columns.
 """
 
 from __future__ import annotations
@@ -39,20 +41,36 @@ def radius_offsets(radius: int) -> list[tuple[int, int]]:
     return out
 
 
-def pair_slices(h: int, w: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
-    """Index slices (rows, cols) of the 'from' and 'to' cells of offset (dy, dx) inside an h x w map."""
+def pair_border(radius: int, pairs: str) -> int:
+    """Cells excluded as pair sources at the bottom, left and right: 0 for ``all``, radius - 1 for ``cropped``."""
+    return radius - 1 if pairs == "cropped" else 0
+
+
+def pair_slices(h: int, w: int, dy: int, dx: int, border: int = 0
+                ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Index slices (rows, cols) of the 'from' and 'to' cells of offset (dy, dx) inside an h x w map.
+
+    ``border`` = 0: every pair inside the map. ``border`` = b >= max(dy, |dx|): the sources are the cells of
+    rows [0, h - b) and columns [b, w - b) (PSA's ``get_indices_of_pairs``), their targets always inside."""
+    if border:
+        if max(dy, abs(dx)) > border:
+            raise ValueError(f"offset ({dy}, {dx}) reaches past the border of {border} cells")
+        if h <= border or w <= 2 * border:
+            return None
+        rows, cols = slice(0, h - border), slice(border, w - border)
+        return (rows, cols), (slice(dy, h - border + dy), slice(border + dx, w - border + dx))
     if dy >= h or abs(dx) >= w:
         return None
     x0, x1 = max(0, -dx), w - max(0, dx)
     return (slice(0, h - dy), slice(x0, x1)), (slice(dy, h), slice(x0 + dx, x1 + dx))
 
 
-def pair_affinities(emb: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
-    """Affinities of all in-map pairs: emb (B, D, h, w) -> (B, P) in (0, 1], offsets in order."""
+def pair_affinities(emb: torch.Tensor, offsets: list[tuple[int, int]], border: int = 0) -> torch.Tensor:
+    """Affinities of the pairs of :func:`pair_slices`: emb (B, D, h, w) -> (B, P) in (0, 1], offsets in order."""
     b, _, h, w = emb.shape
     out = []
     for dy, dx in offsets:
-        s = pair_slices(h, w, dy, dx)
+        s = pair_slices(h, w, dy, dx, border)
         if s is None:
             continue
         (ry, rx), (ty, tx) = s
@@ -60,7 +78,7 @@ def pair_affinities(emb: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.
     return torch.cat(out, 1) if out else emb.new_zeros((b, 0))
 
 
-def pair_labels(label: torch.Tensor, offsets: list[tuple[int, int]], ignore_index: int = 255
+def pair_labels(label: torch.Tensor, offsets: list[tuple[int, int]], ignore_index: int = 255, border: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PSA affinity labels of the same pairs as :func:`pair_affinities`.
 
@@ -71,7 +89,7 @@ def pair_labels(label: torch.Tensor, offsets: list[tuple[int, int]], ignore_inde
     b, h, w = label.shape
     bg, fg, neg = [], [], []
     for dy, dx in offsets:
-        s = pair_slices(h, w, dy, dx)
+        s = pair_slices(h, w, dy, dx, border)
         if s is None:
             continue
         (ry, rx), (ty, tx) = s
@@ -105,18 +123,18 @@ def pair_affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Te
             "neg_loss": neg_loss}
 
 
-def affinity_matrix(emb: torch.Tensor, radius: int) -> torch.Tensor:
+def affinity_matrix(emb: torch.Tensor, radius: int, border: int = 0) -> torch.Tensor:
     """Sparse symmetric (N, N) affinity matrix of one embedding (D, h, w), N = h * w, diagonal 1.
 
-    Entries exist for the pairs within ``radius`` (both directions) and the diagonal; everything
-    else is 0. Returned as a coalesced torch sparse COO tensor on the embedding's device.
+    Entries exist for the pairs within ``radius`` (both directions; ``border`` as in :func:`pair_slices`)
+    and the diagonal; everything else is 0. Returned as a coalesced torch sparse COO tensor on the embedding's device.
     """
     d, h, w = emb.shape
     n = h * w
     index = torch.arange(n, device=emb.device).reshape(h, w)
     rows, cols, vals = [index.reshape(-1)], [index.reshape(-1)], [emb.new_ones(n)]
     for dy, dx in radius_offsets(radius):
-        s = pair_slices(h, w, dy, dx)
+        s = pair_slices(h, w, dy, dx, border)
         if s is None:
             continue
         (ry, rx), (ty, tx) = s

@@ -110,26 +110,38 @@ def random_walk(cams: Any, affinity: Any, beta: float, logt: int) -> Any:
     return out.cpu().numpy() if as_numpy else out
 
 
-def walk_inputs(scores: torch.Tensor, grid: tuple[int, int], alpha: float) -> torch.Tensor:
+def walk_inputs(scores: torch.Tensor, grid: tuple[int, int], alpha: float, stride: int = 0) -> torch.Tensor:
     """Scores at image size -> walk input at feature resolution, background channel first.
 
     scores: (K, H, W) foreground scores in [0, 1]. The background (1 - max) ** alpha is formed at
-    image size, then every channel is average-pooled to ``grid`` = (h, w). Returns (K + 1, h, w).
+    image size, then every channel is pooled to ``grid`` = (h, w): with ``stride`` 0 by adaptive average
+    pooling of the H x W map; with ``stride`` s (PSA's ``infer_aff.py``) the map is zero-padded at the
+    bottom and right to (h s, w s) and average-pooled in s x s cells. Returns (K + 1, h, w).
     """
     top = scores.max(0).values if scores.shape[0] else torch.zeros(scores.shape[1:], device=scores.device)
     bg = (1 - top).clamp(0, 1) ** alpha
-    full = torch.cat([bg[None], scores], 0)
-    return F.adaptive_avg_pool2d(full[None].float(), grid)[0]
+    full = torch.cat([bg[None], scores], 0)[None].float()
+    if not stride:
+        return F.adaptive_avg_pool2d(full, grid)[0]
+    (h, w), (height, width) = grid, full.shape[-2:]
+    if h * stride < height or w * stride < width:
+        raise ValueError(f"a {h}x{w} grid at stride {stride} does not cover a {height}x{width} map")
+    full = F.pad(full, (0, w * stride - width, 0, h * stride - height))
+    return F.avg_pool2d(full, stride)[0]
 
 
-def walk_scores(walked: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def walk_scores(walked: torch.Tensor, size: tuple[int, int], stride: int = 0) -> torch.Tensor:
     """Random-walk output -> foreground scores in [0, 1] at image size.
 
-    walked: (K + 1, h, w), background first. Upsampled bilinearly to ``size`` = (H, W), normalised
-    per pixel to sum 1 over [background, classes]; returns the (K, H, W) foreground part (its
-    argmax with the background is PSA's label map).
+    walked: (K + 1, h, w), background first. Upsampled bilinearly to ``size`` = (H, W) (with ``stride`` s:
+    to (h s, w s), then cropped to the top-left H x W, as PSA undoes its padding), normalised per pixel to
+    sum 1 over [background, classes]; returns the (K, H, W) foreground part (its argmax with the
+    background is PSA's label map).
     """
-    up = F.interpolate(walked[None].float(), size=size, mode="bilinear", align_corners=False)[0].clamp_min(0)
+    grid = walked.shape[-2:]
+    target = (grid[0] * stride, grid[1] * stride) if stride else tuple(size)
+    up = F.interpolate(walked[None].float(), size=target, mode="bilinear", align_corners=False)[0]
+    up = up[:, :size[0], :size[1]].clamp_min(0)
     prob = up / up.sum(0, keepdim=True).clamp_min(1e-12)
     return prob[1:]
 
@@ -154,33 +166,44 @@ def random_crop(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, 
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
-def image_affinity(model: torch.nn.Module, image: np.ndarray, radius: int) -> tuple[tuple[int, int], Any]:
+def image_affinity(model: torch.nn.Module, image: np.ndarray, radius: int, border: int = 0
+                   ) -> tuple[tuple[int, int], Any]:
     """Embed ``image`` (H, W, 3) uint8 with ``model`` (an AffinityNet) and return its feature grid (h, w)
-    and the sparse pair affinities within ``radius`` (:func:`pipeline.models.affinitynet.affinity_matrix`)."""
+    and the sparse pair affinities within ``radius`` (:func:`pipeline.models.affinitynet.affinity_matrix`,
+    sources off ``border``)."""
     from pipeline.models.affinitynet import affinity_matrix
 
     device = next(model.parameters()).device
     with torch.no_grad():
         x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
         emb = model(x)[0].float()
-        return tuple(emb.shape[-2:]), affinity_matrix(emb, radius)
+        return tuple(emb.shape[-2:]), affinity_matrix(emb, radius, border)
 
 
-def walk_cams(scores: np.ndarray, grid: tuple[int, int], affinity: Any, cfg: PSA) -> np.ndarray:
+def walk_cams(scores: np.ndarray, grid: tuple[int, int], affinity: Any, cfg: PSA,
+              walk_pool: str = "adaptive") -> np.ndarray:
     """CAMs (K, H, W) in [0, 1] walked on the affinities of a ``grid`` (h, w) image with the ``psa`` section's
-    background power, beta and 2^logt steps -> foreground scores (K, H, W) float32 in [0, 1]."""
+    background power, beta and 2^logt steps -> foreground scores (K, H, W) float32 in [0, 1]. ``walk_pool``
+    (``post.walk_pool``): ``adaptive`` pools the H x W maps to the grid; ``padded`` zero-pads them to the
+    grid times ``cfg.feature_stride``, pools, and crops after upsampling (PSA)."""
     if scores.shape[0] == 0:
         return np.zeros(scores.shape, np.float32)
+    stride = cfg.feature_stride if walk_pool == "padded" else 0
     with torch.no_grad():
-        cams = walk_inputs(torch.from_numpy(np.ascontiguousarray(scores)).to(affinity.device), grid, cfg.alpha)
+        cams = walk_inputs(torch.from_numpy(np.ascontiguousarray(scores)).to(affinity.device), grid, cfg.alpha,
+                           stride)
         walked = random_walk(cams, affinity, cfg.beta, cfg.logt)
-        return walk_scores(walked, tuple(scores.shape[1:])).cpu().numpy()
+        return walk_scores(walked, tuple(scores.shape[1:]), stride).cpu().numpy()
 
 
-def psa_scores(model: torch.nn.Module, image: np.ndarray, scores: np.ndarray, cfg: PSA) -> np.ndarray:
+def psa_scores(model: torch.nn.Module, image: np.ndarray, scores: np.ndarray, cfg: PSA,
+               walk_pool: str = "adaptive") -> np.ndarray:
     """image (H, W, 3) uint8, scores (K, H, W) -> random-walk foreground scores (K, H, W) float32 in [0, 1]:
-    ``model`` (an AffinityNet) embeds the image, the CAMs walk on its affinities within ``cfg.radius``."""
+    ``model`` (an AffinityNet) embeds the image, the CAMs walk on its affinities within ``cfg.radius``
+    (``cfg.pairs``), pooled as ``walk_pool`` says (:func:`walk_cams`)."""
+    from pipeline.models.affinitynet import pair_border
+
     if scores.shape[0] == 0:
         return np.zeros(scores.shape, np.float32)
-    grid, affinity = image_affinity(model, image, cfg.radius)
-    return walk_cams(scores, grid, affinity, cfg)
+    grid, affinity = image_affinity(model, image, cfg.radius, pair_border(cfg.radius, cfg.pairs))
+    return walk_cams(scores, grid, affinity, cfg, walk_pool)
