@@ -238,7 +238,7 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
         ax.set_xlabel("layer l / K")
         ax.set_ylabel("mIoU (%)")
         ax.set_xticks(layers)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the lines
         ax.set_title(f"CAM refinement per layer ({acc.count} train images)", fontsize=9)
         write_bytes(out / "layer_miou.png", _png(fig))
         written.append("layer_miou.png")
