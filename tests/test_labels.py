@@ -99,7 +99,7 @@ def test_totals_added_per_image_or_merged_per_chunk_agree():
     def image():  # one image with a mask, as label_one returns it, for sources "a" and "b"
         q = label_quality(pred, target, 2)
         q["confusion"] = sparse_counts(q["confusion"])
-        return {"a": (q, sweep_counts(scores, keys, target, th, 2)), "b": (q, sweep_counts(scores, keys, target, th, 2))}
+        return {name: (q, sweep_counts(scores, keys, target, th, 2)) for name in ("a", "b")}
 
     serial = QualityTotal(("a", "b"), th, 2)
     for _ in range(3):
