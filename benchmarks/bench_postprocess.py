@@ -9,6 +9,10 @@ and the CRF's parallel speed-up.
    compared with the reference dense repeated squaring on the toy image, in the same run.
 2. CRF over a batch of VOC-sized images with ``pipeline.parallel.map_items`` and the process runner:
    1 worker vs 2 workers (speed-up; 2 is the ideal on 2 idle cores).
+3. One image's threshold-sweep counts, as ``pseudo_labels`` and the post-processing stages return them
+   (``cams.sweep``'s thresholds; 21 classes as VOC, 81 as COCO): counted straight into sparse pairs
+   (``sweep_counts``) vs through a dense (thresholds x classes x classes) histogram made sparse after;
+   both must give the same pairs.
 
 Run: ``python benchmarks/bench_postprocess.py [--images N]``.
 """
@@ -27,9 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_params, plain_doc  # noqa: E402
+from pipeline.metrics import ThresholdSweep, thresholds_from  # noqa: E402
 from pipeline.models.affinitynet import AffinityNet, affinity_matrix  # noqa: E402
 from pipeline.parallel import map_items  # noqa: E402
 from pipeline.postprocess.crf import crf_scores  # noqa: E402
+from pipeline.postprocess.labels import sparse_counts, sweep_counts  # noqa: E402
 from pipeline.postprocess.par import par_refine  # noqa: E402
 from pipeline.postprocess.psa import image_affinity, random_walk, walk_cams, walk_inputs  # noqa: E402
 
@@ -128,6 +134,27 @@ def main() -> None:
         times[workers] = time.perf_counter() - t
     print(f"CRF on {args.images} VOC-sized images: 1 worker {times[1]:.2f} s ({times[1] / args.images:.3f} s/image), "
           f"2 workers {times[2]:.2f} s; speed-up {times[1] / times[2]:.2f}x")
+
+    # one image's sweep counts: straight to sparse pairs vs through the dense histogram
+    thresholds = thresholds_from(params.cams.sweep)
+    for name, (h, w) in SIZES.items():
+        for classes in (21, 81):
+            rng = np.random.default_rng(0)
+            keys = np.array([3, classes - 1])
+            scores = rng.random((2, h, w)).astype(np.float32)
+            target = rng.choice([0, 3, classes - 1, 255], size=(h, w))
+
+            def dense():
+                sweep = ThresholdSweep(thresholds, classes)
+                sweep.add(scores, keys, target)
+                return sparse_counts(sweep.hist)
+
+            direct = sweep_counts(scores, keys, target, thresholds, classes)
+            assert all(np.array_equal(a, b) for a, b in zip(direct, dense())), "the two ways disagree"
+            t_dense = best_of(dense)
+            t_direct = best_of(lambda: sweep_counts(scores, keys, target, thresholds, classes))
+            print(f"sweep counts, {name}, {classes} classes: direct {t_direct * 1e3:.2f} ms, through the dense "
+                  f"histogram {t_dense * 1e3:.2f} ms ({t_dense / t_direct:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,26 @@ def thresholds_from(sweep: list[float] | tuple[float, float, float]) -> np.ndarr
     return np.round(start + step * np.arange(n), 6)
 
 
+def sweep_bins(thresholds: np.ndarray, num_classes: int, scores: Any, keys: Any, target: Any,
+               ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The flat index into :class:`ThresholdSweep`'s ``hist`` (bin, target, best class) of every labelled
+    pixel, int64: what :meth:`ThresholdSweep.add` counts, without the histogram itself."""
+    scores, keys, target = _np(scores), _np(keys).astype(np.int64), _np(target).astype(np.int64)
+    if scores.shape[1:] != target.shape:
+        raise ValueError(f"scores {scores.shape[1:]} and target {target.shape} differ in size")
+    valid = target != ignore_index
+    if len(keys) == 0:
+        m = np.zeros(target.shape, np.float64)
+        c = np.zeros(target.shape, np.int64)
+    else:
+        m = scores.max(0)
+        c = keys[scores.argmax(0)]
+    b = np.searchsorted(np.asarray(thresholds, np.float64), m[valid], side="left")  # number of t < m
+    g, c = target[valid], c[valid]
+    nc = num_classes
+    return (b * nc + g) * nc + c
+
+
 class ThresholdSweep:
     """mIoU of score maps against ground truth for many background thresholds in one pass.
 
@@ -83,20 +103,8 @@ class ThresholdSweep:
 
     def add(self, scores: Any, keys: Any, target: Any) -> None:
         """scores: (K, H, W) foreground scores of classes ``keys`` (K,) in 1..C; target: (H, W)."""
-        scores, keys, target = _np(scores), _np(keys).astype(np.int64), _np(target).astype(np.int64)
-        if scores.shape[1:] != target.shape:
-            raise ValueError(f"scores {scores.shape[1:]} and target {target.shape} differ in size")
-        valid = target != self.ignore_index
-        if len(keys) == 0:
-            m = np.zeros(target.shape, np.float64)
-            c = np.zeros(target.shape, np.int64)
-        else:
-            m = scores.max(0)
-            c = keys[scores.argmax(0)]
-        b = np.searchsorted(self.thresholds, m[valid], side="left")  # number of t < m
-        g, c = target[valid], c[valid]
-        nc = self.num_classes
-        self.hist += np.bincount((b * nc + g) * nc + c, minlength=self.hist.size).reshape(self.hist.shape)
+        idx = sweep_bins(self.thresholds, self.num_classes, scores, keys, target, self.ignore_index)
+        self.hist += np.bincount(idx, minlength=self.hist.size).reshape(self.hist.shape)
 
     def confusions(self) -> np.ndarray:
         """(T, C, C) confusion matrix for each threshold."""

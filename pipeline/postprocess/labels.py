@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import IGNORE_INDEX, ThresholdSweep, confusion_matrix, miou
+from pipeline.metrics import IGNORE_INDEX, ThresholdSweep, confusion_matrix, miou, sweep_bins
 
 
 def _is_torch(x: Any) -> bool:
@@ -154,9 +154,8 @@ def sweep_counts(scores: np.ndarray, keys: np.ndarray, target: np.ndarray, thres
     scores: (K, H, W), keys: (K,), target: (H, W); num_classes includes background. Merge with
     :func:`merge_sweep_counts`; the pairs stay small however large the sweep histogram is.
     """
-    sweep = ThresholdSweep(thresholds, num_classes)
-    sweep.add(scores, keys, target)
-    return sparse_counts(sweep.hist)
+    idx, counts = np.unique(sweep_bins(thresholds, num_classes, scores, keys, target), return_counts=True)
+    return idx.astype(np.int64), counts.astype(np.int64)
 
 
 def merge_sweep_counts(sweep: ThresholdSweep, counts: tuple[np.ndarray, np.ndarray]) -> None:
