@@ -252,3 +252,20 @@ def test_training_stages_take_nproc_and_dvc_passes_runtime_nproc():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     training = {"pretrain", "train_cls", "train_cls_base", "train_psa", "train_seg", "train_seg_gt"}
     assert {n for n, st in stages.items() if "--nproc ${runtime.nproc}" in st["cmd"]} == training
+
+
+def test_a_test_that_reaches_the_network_is_refused():
+    """tests/conftest.py refuses connections outside the machine and records them (each test must leave the
+    record as it found it, or it fails); connections to this machine, e.g. Prefect's local server, pass."""
+    import socket
+
+    import conftest
+
+    with socket.socket() as s, pytest.raises(OSError, match="tests run offline"):
+        s.connect(("192.0.2.1", 443))  # TEST-NET-1: never a real host
+    assert conftest._REMOTE_ATTEMPTS[-1] == repr(("192.0.2.1", 443))
+    conftest._REMOTE_ATTEMPTS.pop()  # this test's attempt was on purpose
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        client.connect(server.getsockname())
