@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast flow bench clean-outputs
+.PHONY: setup run test test-fast flow bench clean-outputs seeds
 
 # Create the virtual environment and install the pinned dependencies (once; again when they change).
 $(STAMP): requirements.txt pyproject.toml
@@ -19,6 +19,13 @@ setup: $(STAMP)
 # The main job: the whole DAG on the embedded toy dataset.
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# N training seeds (params.yaml's seed = 0..N-1) as queued DVC experiments, then every figure's mean +- std over
+# them in reports/seeds.md (.csv, .json). SET="-S aream.enabled=false" gives every seed that setting too.
+N   ?= 3
+SET ?=
+seeds: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.compare seeds $(N) $(SET)
 
 # Unit tests plus the smoke-profile integration test of the whole DAG.
 test: setup

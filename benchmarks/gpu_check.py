@@ -268,7 +268,7 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     from pipeline.training import amp
 
     cfg, dev = ctx.params.psa, ctx.device
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ctx.params.seed)
     model = AffinityNet(cfg.backbone, cfg.pretrained, cfg.feature_stride, cfg.embed_dim).to(dev).train()
     offsets = radius_offsets(cfg.radius)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -277,7 +277,7 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     h, w = (48, 64) if ctx.args.quick else (375, 500)
     pairs = image_label_pairs(cfg.batch_size, (h, h), (w, w), num_foreground(), rng)
     x, y = make_batch([a for a, _ in pairs], [b for _, b in pairs], range(len(pairs)), cfg.crop_size,
-                      cfg.feature_stride, cfg.seed, 0)
+                      cfg.feature_stride, ctx.params.seed, 0)
     x, y = x.to(dev), y.to(dev)
     print(f"  AffinityNet {cfg.backbone}, {cfg.crop_size} px crops of {w}x{h} images, batch {cfg.batch_size}, "
           f"embed {cfg.embed_dim}, stride {cfg.feature_stride}, radius {cfg.radius}, AdamW, AMP "
@@ -298,7 +298,7 @@ def build_seg(ctx: Context):
 
     from pipeline.models.segmenter import build_segmenter
 
-    torch.manual_seed(ctx.params.seg.seed)
+    torch.manual_seed(ctx.params.seed)
     return build_segmenter(ctx.params.seg, num_foreground() + 1).to(ctx.device)
 
 
@@ -315,7 +315,7 @@ def part_seg_train(ctx: Context, allowance: float) -> Measure:
     autocast, scaler = amp(dev, cfg.amp, torch.float16)  # as train_segmenter: fp16 with a gradient scaler
     rng = np.random.default_rng(3)
     h, w = (60, 80) if ctx.args.quick else (375, 500)
-    data = SegTrainSet(image_label_pairs(cfg.batch_size, (h, h), (w, w), num_foreground(), rng), cfg)
+    data = SegTrainSet(image_label_pairs(cfg.batch_size, (h, h), (w, w), num_foreground(), rng), cfg, ctx.params.seed)
     items = [data[i] for i in range(len(data))]  # the recipe's rescale, flip, pad and crop
     x = torch.stack([a for a, _ in items]).to(dev)
     y = torch.stack([b for _, b in items]).to(dev)

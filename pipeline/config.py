@@ -144,7 +144,6 @@ class TrainCls(Section):
     hflip: bool
     color_jitter: float = Field(ge=0)
     amp: bool  # used on CUDA only
-    seed: int
 
 
 class Pretrain(Section):
@@ -276,7 +275,6 @@ class PSA(Section):
     beta: float = Field(gt=0)
     logt: int = Field(ge=0)  # t = 2^logt walk steps (the reference: 8 at stride 8 on VOC-sized images)
     amp: bool  # used on CUDA only
-    seed: int
 
 
 class Pseudo(Section):
@@ -310,7 +308,6 @@ class Seg(Section):
     scale_range: list[float] = Field(min_length=2, max_length=2)
     hflip: bool
     amp: bool
-    seed: int
 
     @model_validator(mode="after")
     def _scales(self) -> "Seg":
@@ -349,6 +346,7 @@ class Eval(Section):
 
 class Params(Section):
     runtime: Runtime
+    seed: int = Field(ge=0)  # training seed of the fine-tuning stages (pretraining and data keep their own)
     dataset: Dataset
     pretrain: Pretrain
     classifier: Classifier

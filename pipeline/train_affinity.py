@@ -6,7 +6,7 @@ bg/4 + fg/4 + neg/2 (:func:`pipeline.models.affinitynet.pair_affinity_loss`). Ad
 per step; mixed precision on CUDA. The loop runs on the shared harness (:mod:`pipeline.training`): a
 padded per-process order for DDP and end-of-epoch states for resuming.
 
-Randomness is a function of (``psa.seed``, epoch, image index): the epoch's order comes from
+Randomness is a function of (``seed``, epoch, image index): the epoch's order comes from
 :func:`pipeline.training.epoch_order` and each image's crop from ``default_rng([seed, epoch, index])``,
 so a resumed run equals an uninterrupted one and the crops do not depend on the number of processes.
 (Until the harness, one numpy generator drew both the order and the crops in sequence: the figures of
@@ -59,7 +59,7 @@ def affinity_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offset
 
 
 def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: PSA, device: torch.device,
-                      *, dist: Distributed = Distributed(), resume: dict | None = None,
+                      *, seed: int, dist: Distributed = Distributed(), resume: dict | None = None,
                       on_epoch: Callable[[int, dict, dict], None] | None = None,
                       progress: bool = True) -> tuple[AffinityNet, list[dict]]:
     """Train on images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure): any sequences, e.g.
@@ -69,12 +69,12 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     every process). Returns the (unwrapped, eval-mode) network and the per-epoch metrics: the mean losses
     and pairs per image of each kind, averaged over processes, and the learning rate.
     """
-    seed_everything(cfg.seed)
+    seed_everything(seed)
     model = AffinityNet(cfg.backbone, cfg.pretrained, cfg.feature_stride, cfg.embed_dim).to(device).train()
     net = wrap(model, dist, device, sync_bn=True)
     offsets, border = radius_offsets(cfg.radius), pair_border(cfg.radius, cfg.pairs)
     per_rank = max(2, cfg.batch_size // dist.world_size)  # BatchNorm cannot train on one image's 1x1 features
-    steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank,
+    steps = len(batches(epoch_order(len(images), seed, 0, dist.rank, dist.world_size), per_rank,
                         drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
@@ -84,12 +84,12 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     autocast, scaler = amp(device, cfg.amp, torch.float16)  # PSA's recipe: fp16 with a gradient scaler
     start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])
     for epoch in range(start, cfg.epochs):
-        order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
+        order = epoch_order(len(images), seed, epoch, dist.rank, dist.world_size)
         sums = torch.zeros(len(SUMMED) + 1, dtype=torch.float64)  # the SUMMED values, then steps
         net.train()
         for idx in progress_bar(batches(order, per_rank, drop_single=True), f"psa epoch {epoch + 1}/{cfg.epochs}",
                                 enabled=progress and dist.is_main):
-            x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, cfg.seed, epoch)
+            x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, seed, epoch)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             losses, bg, fg, neg = affinity_step(net, x, y, offsets, opt, scaler, autocast, border)
             sched.step()

@@ -345,11 +345,12 @@ class TrainResult:
 
 def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, train_samples: Sequence[Any],
                      val_samples: Sequence[Any], num_classes: int, device: torch.device, *, resume: dict | None = None,
-                     callbacks: Callbacks | None = None, stop_after: int | None = None, loader_workers: int = 0,
-                     dist: Distributed | None = None) -> TrainResult:
+                     seed: int, callbacks: Callbacks | None = None, stop_after: int | None = None,
+                     loader_workers: int = 0, dist: Distributed | None = None) -> TrainResult:
     """Train the classifier ``model_cfg`` with the recipe ``t``, AReAM ``a`` and its PAR kernel ``par`` (the
     ``classifier``, ``train_cls``, ``aream`` and ``par`` params sections), or continue from the checkpoint
-    dict ``resume``, for ``t.epochs`` epochs.
+    dict ``resume``, for ``t.epochs`` epochs. ``seed`` (params.yaml's ``seed``) fixes the new layers' initial
+    weights, the sample order and every augmentation.
 
     ``stop_after``: return after this many epochs of this call (the run is then not finished; resuming
     from its last checkpoint continues it). Returns the (unwrapped) model and the per-epoch history.
@@ -359,12 +360,12 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
     if not resume:
         from pipeline.device import seed_everything
 
-        seed_everything(t.seed)
+        seed_everything(seed)
     model = build_classifier(model_cfg, num_classes).to(device)
     optimizer = build_optimizer(model, t)
     per_rank_batch = max(1, t.batch_size // dist.world_size)
     train_set = ClassificationDataset(train_samples, num_classes, model_cfg.img_size, train=True,
-                                      crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=t.seed)
+                                      crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch)
     autocast, scaler = amp(device, t.amp)
@@ -388,7 +389,7 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
             loader = DataLoader(plain_train, batch_size=per_rank_batch, num_workers=loader_workers, pin_memory=pin)
             fixed = dataset_weights(net, loader, device, autocast)
         train_set.set_epoch(epoch)
-        order = epoch_order(len(train_set), t.seed, epoch, dist.rank, dist.world_size)
+        order = epoch_order(len(train_set), seed, epoch, dist.rank, dist.world_size)
         loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=order, num_workers=loader_workers,
                             pin_memory=pin)
         net.train()

@@ -145,10 +145,10 @@ class SegTrainSet(torch.utils.data.Dataset):
     loads it.
     """
 
-    def __init__(self, items: Sequence, cfg: Seg,
+    def __init__(self, items: Sequence, cfg: Seg, seed: int,
                  load: Callable[[object], tuple[np.ndarray, np.ndarray]] | None = None):
         self.items, self.load = list(items), load
-        self.crop, self.scale_range, self.hflip, self.seed = cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, cfg.seed
+        self.crop, self.scale_range, self.hflip, self.seed = cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -226,7 +226,7 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
                     on_epoch: Callable[[int, dict, TrainState], None] | None = None,
                     progress: bool = True) -> list[dict]:
     """Train ``model`` (already on ``device``; wrapped by :func:`pipeline.training.wrap` under DDP) for
-    ``cfg.epochs``.
+    ``cfg.epochs``, with the sample order and dropout seeded by ``dataset.seed`` (augmentation uses it too).
 
     ``resume``: a :class:`TrainState` from an earlier ``on_epoch`` call; training continues at its
     epoch. ``on_epoch(epoch, metrics, state)`` runs after every epoch (1-based ``epoch``) on every
@@ -237,7 +237,7 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
     per_rank = max(2, cfg.batch_size // dist.world_size)
     optimizer = make_optimizer(model, cfg)
     autocast, scaler = amp(device, cfg.amp, torch.float16)  # DeepLab's recipe: fp16 with a gradient scaler
-    order0 = epoch_order(len(dataset), cfg.seed, 0, dist.rank, dist.world_size)
+    order0 = epoch_order(len(dataset), dataset.seed, 0, dist.rank, dist.world_size)
     steps = len(batches(order0, per_rank, drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
@@ -252,8 +252,8 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
     for epoch in range(start, cfg.epochs):
         model.train()
         dataset.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout stream of this epoch
-        order = epoch_order(len(dataset), cfg.seed, epoch, dist.rank, dist.world_size)
+        torch.manual_seed(dataset.seed * 100003 + epoch)  # dropout stream of this epoch
+        order = epoch_order(len(dataset), dataset.seed, epoch, dist.rank, dist.world_size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches(order, per_rank, drop_single=True), num_workers=loader_workers,
             collate_fn=_collate, pin_memory=device.type == "cuda")

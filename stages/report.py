@@ -114,7 +114,8 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
               f"{params.classifier.depth}, {params.classifier.img_size} px, patch {params.classifier.patch_size}); "
               f"AReAM {'on' if params.aream.enabled else 'off'} (lambda {params.aream.lam}); pseudo labels from "
               f"`{params.pseudo.source}` (alpha1 {params.pseudo.alpha1}, alpha2 {params.pseudo.alpha2}); "
-              f"segmentation `{params.seg.arch}`/`{params.seg.encoder}` on `{params.seg.labels}` labels.", ""]
+              f"segmentation `{params.seg.arch}`/`{params.seg.encoder}` on `{params.seg.labels}` labels; training "
+              f"seed {params.seed} (one run: `make seeds N=3` gives the spread over seeds).", ""]
 
     lines += ["## Headline (`reports/metrics.json`; mAP and mIoU in %)", "",
               headline_table(headline(table1(params, reports), (cls or {}).get("val_map"))), ""]

@@ -1,7 +1,7 @@
 """Stage `train_cls`: train the AReAM classifier (Eq. 20) on the train split's image-level labels.
 
 Reads ``data/prepared/manifest.json`` (train and val splits) and the params sections classifier,
-train_cls, aream, par (and dataset, for the checkpoint tag). Writes
+train_cls, aream, par and seed (and dataset, for the checkpoint tag). Writes
 
 - ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
 - ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
@@ -67,12 +67,12 @@ LOGGED = ("loss_cls", "loss_aff", "lr", "val_map", "val_map_cls", "val_map_patch
 
 
 def training_hash(params: Params, device: torch.device = torch.device("cpu"), world_size: int = 1) -> str:
-    """Tag of everything that shapes the weights: the params sections, the device type and autocast dtype,
+    """Tag of everything that shapes the weights: the params sections and the seed, the device type and autocast dtype,
     the number of processes, this stage's code, the prepared data and the starting weights (a checkpoint
     is resumed only under the same tag)."""
     sections = {name: getattr(params, name).model_dump() for name in HASHED_SECTIONS}
     precision = f"{device.type}:{amp_dtype(device, params.train_cls.amp)}"  # bf16 or fp16 on CUDA, by GPU
-    return run_tag("stages.train_cls", {**sections, "device": precision, "world": world_size},
+    return run_tag("stages.train_cls", {**sections, "seed": params.seed, "device": precision, "world": world_size},
                    [MANIFEST, PREPARED / "summary.json", weights_file(params.classifier.pretrained)])
 
 
@@ -125,7 +125,7 @@ def run(params: Params, stop_after: int | None = None, baseline: bool = False) -
                           progress=lambda it, desc="", total=None: progress(it, desc, total, dist.is_main))
     try:
         result = train_classifier(params.classifier, params.train_cls, params.aream, params.par, train, val,
-                                  manifest.num_classes, device, resume=resume, callbacks=callbacks,
+                                  manifest.num_classes, device, resume=resume, seed=params.seed, callbacks=callbacks,
                                   stop_after=stop_after, loader_workers=params.runtime.loader_workers, dist=dist)
     finally:
         if curves is not None:

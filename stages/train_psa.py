@@ -4,7 +4,7 @@
    power ``crf.alpha_low`` and ``crf.alpha_high``; PSA's rule keeps confident foreground (low
    power), confident background (high power) and ignores the rest (255). Images run in parallel, and
    each label map goes to ``models/affinitynet_ckpt/confident/<id>.png`` (removed when done).
-2. AffinityNet (``psa`` params) learns from them (:mod:`pipeline.train_affinity`), reading each image
+2. AffinityNet (``psa`` params, params.yaml's ``seed``) learns from them (:mod:`pipeline.train_affinity`), reading each image
    and label map when a batch needs it, so memory does not grow with the training set; checkpointing every
    epoch to ``models/affinitynet_ckpt/last.pt`` under a tag of the params, the code, the data, the
    confident labels and the starting weights (resumed only under the same tag, deleted when done).
@@ -120,7 +120,8 @@ def run(params: Params) -> None:
     images = FileSequence([s.image for s in samples], read_rgb)
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
-    tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "device": device.type, "world": dist.world_size,
+    tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "seed": params.seed, "device": device.type,
+                                       "world": dist.world_size,
                                        "labels": labels_digest([r[0] for r in results])},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.pretrained)])
     checkpoint = Checkpoint(CHECKPOINT, tag, "train_psa", dist)
@@ -132,7 +133,7 @@ def run(params: Params) -> None:
         f"neg {m['neg_loss']:.3f})"))
 
     try:
-        model, history = train_affinitynet(images, labels, cfg, device, dist=dist, resume=resume, on_epoch=on_epoch)
+        model, history = train_affinitynet(images, labels, cfg, device, seed=params.seed, dist=dist, resume=resume, on_epoch=on_epoch)
     finally:
         if curves is not None:
             curves.end()
@@ -143,7 +144,7 @@ def run(params: Params) -> None:
     metrics = {**last, "epochs": len(history), "confident_miou": quality["miou"],
                "confident_ignored": quality["ignored"], "images": len(samples)}
     save_affinitynet(model.cpu(), MODEL, extra={
-        "params_hash": params_hash({"psa": cfg.model_dump(), "crf": params.crf.model_dump(),
+        "params_hash": params_hash({"psa": cfg.model_dump(), "seed": params.seed, "crf": params.crf.model_dump(),
                                     "post": params.post.model_dump()}),
         "metrics": {**last, "confident_miou": quality["miou"], "confident_ignored": quality["ignored"]}})
     write_json(METRICS, metrics)

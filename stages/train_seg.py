@@ -2,12 +2,12 @@
 
 Reads the train split of ``data/prepared/manifest.json`` and, per image, ``data/pseudo/<id>.png``
 (``seg.labels: pseudo``) or the ground-truth mask (``seg.labels: gt``, the fully supervised upper
-bound; images without a mask are skipped and counted). Trains per the ``seg`` section (see
-``pipeline/train_seg.py``) and writes:
+bound; images without a mask are skipped and counted). Trains per the ``seg`` section and
+params.yaml's ``seed`` (see ``pipeline/train_seg.py``) and writes:
 
 - ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
 - ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint (:class:`pipeline.training.Checkpoint`)
-  tagged with :func:`stages._resume.run_tag` of the ``seg`` and ``dataset`` params, the device type, the
+  tagged with :func:`stages._resume.run_tag` of the ``seg``, ``seed`` and ``dataset`` params, the device type, the
   world size, the stage's code, the prepared data, the bytes of the training labels and the starting
   weights. A rerun with the same tag resumes after the last finished
   epoch (same result as an uninterrupted run); any other checkpoint is ignored and training starts over.
@@ -84,8 +84,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
         raise DataError(f"{MANIFEST}: {len(pairs)} usable train images for seg.labels={cfg.labels}; need at least 2")
 
     dist, device = setup_distributed(params.runtime.device)
-    seed_everything(cfg.seed)
-    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "dataset": params.dataset.model_dump(),
+    seed_everything(params.seed)
+    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "seed": params.seed, "dataset": params.dataset.model_dump(),
                                        "world": dist.world_size, "device": device.type,
                                        "labels": labels_digest(pairs), "num_classes": num_classes},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
@@ -94,7 +94,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
     checkpoint = Checkpoint(out.ckpt, tag, out.report.name, dist)
     saved = checkpoint.load()
     resume = TrainState(**saved) if saved else None  # the tag covers this code: the layout is this one
-    dataset = SegTrainSet(pairs, cfg, load=functools.partial(load_pair, num_classes=num_classes))
+    dataset = SegTrainSet(pairs, cfg, params.seed, load=functools.partial(load_pair, num_classes=num_classes))
     if dist.is_main:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "
               f"classes, {cfg.epochs} epochs, device {device}"

@@ -83,7 +83,7 @@ def main(which: str, out: Path, n: int = 9) -> None:
                                "aream": {"start_epoch": 1, "par_scale": 1.0},
                                "par": {"dilations": [1, 2], "iterations": 2}})
         result = train_classifier(params.classifier, params.train_cls, params.aream, params.par, samples,
-                                  samples[:4], 3, device, dist=dist)
+                                  samples[:4], 3, device, seed=0, dist=dist)
         model, finished = result.model, result.finished
     elif which == "segmenter":
         from pipeline.models.segmenter import build_segmenter
@@ -93,7 +93,7 @@ def main(which: str, out: Path, n: int = 9) -> None:
         cfg = SCRATCH.seg.replace(decoder_channels=16, crop_size=32, batch_size=4, epochs=2,
                                      scale_range=[0.75, 1.25])
         model = build_segmenter(cfg, 4)
-        history = train_segmenter(wrap(model, dist, device), SegTrainSet(data, cfg), cfg, device, dist=dist,
+        history = train_segmenter(wrap(model, dist, device), SegTrainSet(data, cfg, 0), cfg, device, dist=dist,
                                   progress=False)
         finished = len(history) == cfg.epochs
     elif which == "pretrain":
@@ -112,8 +112,8 @@ def main(which: str, out: Path, n: int = 9) -> None:
         # train_psa's confident regions: every process labels every 2nd image, all get the whole list
         extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::dist.world_size], 9, dist) == [i * i for i in range(9)]
         cfg = SCRATCH.psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
-        model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, dist=dist,
-                                           progress=False)
+        model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, seed=0,
+                                           dist=dist, progress=False)
         finished = len(history) == cfg.epochs
     (out / f"rank{dist.rank}.json").write_text(json.dumps({"finished": finished, "digest": digest(model), **extra}))
     np.save(out / f"rank{dist.rank}.npy", flat_parameters(model))

@@ -19,11 +19,17 @@ def test_repo_params_yaml_is_valid_and_complete():
     # every field of the schema is written in params.yaml (documented there, not only in code)
     assert set(raw) == set(type(p).model_fields)
     for name, section in raw.items():
-        assert set(section) == set(type(getattr(p, name)).model_fields), name
+        value = getattr(p, name)
+        if isinstance(section, dict):
+            assert set(section) == set(type(value).model_fields), name
+        else:  # a top-level scalar (the training seed)
+            assert section == value, name
 
 
 @pytest.mark.parametrize("raw, key", [
     ({"train_cls": {"lr": "fast"}}, "train_cls.lr"),
+    ({"seed": -1}, "seed"),
+    ({"train_cls": {"seed": 1}}, "train_cls.seed"),  # one training seed, at the top level
     ({"train_cls": {"learning_rate": 0.1}}, "train_cls.learning_rate"),
     ({"dataset": {"toy": {"num_classes": 1}}}, "dataset.toy.num_classes"),
     ({"dataset": {"name": "imagenet"}}, "dataset.name"),

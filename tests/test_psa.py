@@ -263,11 +263,11 @@ def test_affinitynet_resumed_after_an_epoch_equals_an_uninterrupted_run():
         labels.append(label)
     cfg = defaults("scratch").psa.replace(crop_size=16, epochs=2, batch_size=2, embed_dim=8, radius=3)
     cpu = torch.device("cpu")
-    straight, history = train_affinitynet(images, labels, cfg, cpu, progress=False)
+    straight, history = train_affinitynet(images, labels, cfg, cpu, seed=0, progress=False)
     states = {}
-    train_affinitynet(images, labels, cfg, cpu, progress=False,  # the state holds live tensors: copy it
+    train_affinitynet(images, labels, cfg, cpu, seed=0, progress=False,  # the state holds live tensors: copy it
                       on_epoch=lambda epoch, metrics, state: states.setdefault(epoch, copy.deepcopy(state)))
-    resumed, resumed_history = train_affinitynet(images, labels, cfg, cpu, resume=states[1], progress=False)
+    resumed, resumed_history = train_affinitynet(images, labels, cfg, cpu, seed=0, resume=states[1], progress=False)
     assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

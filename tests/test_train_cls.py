@@ -180,7 +180,7 @@ def test_authors_code_variants_run(tiny_manifest):
     # fixed data-set weights, refinement with the first layer only, loss on the last 2 (= all) layers
     params = tiny_params(aream={"weights": "dataset", "refine_layers": 1, "loss_layers": 2})
     res = train_classifier(params.classifier, params.train_cls, params.aream, params.par, tiny_manifest.split("train"),
-                           tiny_manifest.split("val"), 3, torch.device("cpu"))
+                           tiny_manifest.split("val"), 3, torch.device("cpu"), seed=0)
     assert res.finished and len(res.history) == 2
     last = res.history[-1]
     assert last["aream"] and last["loss_aff"] > 0 and 0 <= last["val_map"] <= 1 and not res.history[0]["aream"]

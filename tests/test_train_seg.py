@@ -88,7 +88,7 @@ def test_training_lowers_the_loss(optimizer, lr):
     torch.manual_seed(0)
     cfg = tiny_cfg(epochs=10, lr=lr, optimizer=optimizer)
     model = build_segmenter(cfg, 4)
-    history = train_segmenter(model, SegTrainSet(square_pairs(8), cfg), cfg, torch.device("cpu"), progress=False)
+    history = train_segmenter(model, SegTrainSet(square_pairs(8), cfg, 0), cfg, torch.device("cpu"), progress=False)
     assert len(history) == 10
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert history[-1]["lr"] < cfg.lr
@@ -103,7 +103,7 @@ def test_resume_equals_uninterrupted():
         return build_segmenter(cfg, 4)
 
     full = fresh()
-    train_segmenter(full, SegTrainSet(data, cfg), cfg, torch.device("cpu"), progress=False)
+    train_segmenter(full, SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), progress=False)
 
     saved: list[TrainState] = []
 
@@ -115,12 +115,12 @@ def test_resume_equals_uninterrupted():
         raise Stop
 
     with pytest.raises(Stop):
-        train_segmenter(fresh(), SegTrainSet(data, cfg), cfg, torch.device("cpu"), on_epoch=stop_after_first,
+        train_segmenter(fresh(), SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), on_epoch=stop_after_first,
                         progress=False)
     torch.manual_seed(123)  # the resumed process starts from other random state
     state = TrainState(**{k: v for k, v in vars(saved[0]).items()})
     resumed = build_segmenter(cfg, 4)
-    history = train_segmenter(resumed, SegTrainSet(data, cfg), cfg, torch.device("cpu"), resume=state,
+    history = train_segmenter(resumed, SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), resume=state,
                               progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
     a, b = full.state_dict(), resumed.state_dict()
