@@ -31,7 +31,8 @@ def test_background_probs_hand_case():
     scores = np.array([[[0.5, 0.0]], [[0.2, 0.9]]], np.float32)  # (2, 1, 2)
     probs = background_probs(scores, alpha=2)
     assert probs.shape == (3, 1, 2)
-    np.testing.assert_allclose(probs[0], [[0.25, 0.01]], rtol=1e-6)  # (1 - 0.5)^2, (1 - 0.9)^2
+    # (1 - 0.5)^2, (1 - 0.9)^2 in float32: 1 - float32(0.9) is 0.100000024, so 0.01 itself is only ~5 ulp away
+    np.testing.assert_allclose(probs[0], [[0.25, (np.float32(1) - np.float32(0.9)) ** 2]], rtol=1e-6)
     np.testing.assert_array_equal(probs[1:], scores)
     # a larger power shrinks the background score
     assert (background_probs(scores, 8)[0] <= probs[0]).all()

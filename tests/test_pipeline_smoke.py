@@ -31,7 +31,10 @@ def _env(cwd):
     return {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(cwd), "PYTHONUNBUFFERED": "1",
            "PREFECT_HOME": str(cwd / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_COMMITTER_EMAIL": "t@t",
+           # the CPU even where a GPU is present: CUDA's atomic-add kernels are not bit-reproducible, and the
+           # same-bytes checks below hold for one CPU machine (make gpu-check runs the DAG on CUDA)
+           "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _run(cmd, cwd, timeout=900, ok=True):
@@ -336,6 +339,38 @@ def test_compare_reads_the_run_from_dvc(smoke_repo):
 
     assert all(row[title] != "-" for title, _, _ in METRICS)  # every Table I column has a value
 
+
+
+TRAINING = {"train_cls", "train_cls_base", "train_psa", "train_seg", "train_seg_gt"}
+
+
+def test_the_seed_switch_reruns_the_training_stages_and_nothing_upstream(smoke_repo):
+    """params.yaml's seed reaches every fine-tuning stage (and the report, which names it); pretraining,
+    the data stages and the CAM exports only see its effect through the weights."""
+    params = (smoke_repo / "params.yaml").read_text()
+    raw = yaml.safe_load(params)
+    raw["seed"] = 1
+    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert _changed(smoke_repo) == TRAINING | {"check", "report"}  # check validates every key
+    (smoke_repo / "params.yaml").write_text(params)
+    assert _changed(smoke_repo) == set()
+
+
+def test_the_seed_command_queues_the_seeds_and_writes_their_spread(smoke_repo):
+    """`python -m pipeline.compare seeds 2` (what `make seeds N=2` runs): DVC's queue runs seeds 0 and 1, the
+    second retrains the fine-tuning stages only (pretraining and data come from the first), and the spread
+    over both lands in reports/seeds.md / .json / .csv, Table I's + PAR row read from each experiment."""
+    _dvc("repro", cwd=smoke_repo)  # the workspace is up to date: the queued seed 0 has nothing to run
+    r = _run([str(BIN / "python"), "-m", "pipeline.compare", "seeds", "2"], smoke_repo, timeout=1800)
+    ran = re.findall(r"Running stage '(\w+)'", r.stdout + r.stderr)
+    assert not set(ran) & {"generate_toy", "prepare", "import_weights", "pretrain"}, ran
+    assert TRAINING <= set(ran) and ran.count("train_cls") == 1, ran  # seed 1 only
+    records = json.loads((smoke_repo / "reports" / "seeds.json").read_text())
+    (group,) = [g for g in records["groups"] if g["seeds"] == [0, 1]]
+    for figure in ("CAM", "+ AReAM", "+ PAR", "seg", "seg on GT", "AReAM gain"):
+        assert group["figures"][figure]["n"] == 2, figure
+    assert (smoke_repo / "reports" / "seeds.csv").read_text().startswith("kind,label,figure,")
+    assert "mean +- std" in (smoke_repo / "reports" / "seeds.md").read_text()
 
 
 def test_a_teammate_gets_the_results_from_a_dvc_remote(smoke_repo, tmp_path):
