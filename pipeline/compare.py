@@ -147,7 +147,9 @@ class Run:
 
     @property
     def seed(self) -> Any:
-        return self.params.get(SEED)
+        """The run's seed (``dvc exp show`` may give an integer seed as a float: 1.0 is shown as 1)."""
+        seed = self.params.get(SEED)
+        return int(seed) if isinstance(seed, float) and seed.is_integer() else seed
 
     def key(self) -> tuple[tuple[str, str], ...]:
         """Every parameter but the seed: runs with the same key differ in their seed only."""
@@ -248,7 +250,8 @@ class Pair:
         return out
 
     def title(self) -> str:
-        return f"{self.param}: {self.before.runs[0].params.get(self.param)} -> {self.after.runs[0].params.get(self.param)}"
+        before, after = (g.runs[0].params.get(self.param) for g in (self.before, self.after))
+        return f"{self.param}: {before} -> {after}"
 
 
 def paired_groups(groups: Sequence[Group]) -> list[Pair]:

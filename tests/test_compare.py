@@ -84,6 +84,9 @@ def test_runs_that_differ_only_in_the_seed_form_one_group_with_a_known_spread():
     assert gain["values"] == {0: 10.0, 1: 6.0, 2: 5.0}
     assert gain["mean"] == 7.0 and gain["std"] == pytest.approx(math.sqrt(7.0))
     assert "+ PAR" not in on.stats()  # no table1.json was read
+    # `dvc exp show` gives a seed set with -S as a float: shown as the integer it is
+    (run,) = collect_runs([_seed_row("a3", 3.0, True, 30.0, 10.0, 20.0, 10.0)], NAMES)
+    assert run.seed == 3 and isinstance(run.seed, int)
 
 
 def test_paired_difference_per_seed_between_groups_that_differ_in_one_param():
