@@ -53,6 +53,30 @@ def first_k_refinements(per_layer: torch.Tensor) -> torch.Tensor:
     return per_layer.cumsum(1) / k
 
 
+def oracle_affinity(labels: torch.Tensor) -> torch.Tensor:
+    """The "same ground-truth segment" affinity: labels (..., N) token labels -> (..., N, N), row i uniform over
+    the tokens that share token i's label (row-normalised, as an attention row). Refining a CAM with it
+    (Eq. 5) spreads each token's score over its own segment only: the ceiling of any affinity refinement."""
+    same = (labels[..., :, None] == labels[..., None, :]).float()
+    return same / same.sum(-1, keepdim=True)
+
+
+def segment_attention(attn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                         torch.Tensor, torch.Tensor]:
+    """Where attention goes, against the ground truth. attn: (L, N, N) rows over keys, labels: (N,) token labels.
+    Returns per layer (L,): the summed attention that foreground queries put on their own class's tokens, the
+    summed attention that background queries put on foreground tokens, and the counts of foreground and
+    background queries (each mean is a sum over its count: 1 = all on its own segment / all on objects)."""
+    attn = attn.float()
+    labels = labels.reshape(-1)
+    fg = labels != 0
+    same = (labels[:, None] == labels[None, :]).to(attn.dtype)        # (N, N)
+    own = (attn * same).sum(-1)                                         # (L, N) mass on the own segment
+    on_objects = (attn * fg.to(attn.dtype)[None, None, :]).sum(-1)      # (L, N) mass on foreground keys
+    return (own[:, fg].sum(-1), on_objects[:, ~fg].sum(-1), fg.sum().to(attn.dtype).expand(attn.shape[0]),
+            (~fg).sum().to(attn.dtype).expand(attn.shape[0]))
+
+
 def attended_keys(attn_last: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Fig. 7 bottom: (B, N, N) last-layer affinity -> (B, h, w) mean attention each key receives."""
     return attn_last.float().mean(-2).reshape(-1, *grid)

@@ -344,6 +344,34 @@ class Eval(Section):
         return self
 
 
+class Calibration(Section):
+    """Stage calibrate: the dataset measured by the field's standard CNN CAM and its refinements, without AReAM."""
+    enabled: bool
+    backbone: str  # a timm CNN
+    pretrained: str  # a weights file under weights/ (the whole network's state dict) | none | timm
+    output_stride: Literal[8, 16, 32]
+    frozen_stride: Literal[0, 2, 4, 8]  # layers before the first feature level deeper than this stay fixed (0: none)
+    img_size: int = Field(ge=32)
+    crop_scale: list[float] = Field(min_length=2, max_length=2)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    cam_sizes: list[int] = Field(min_length=1)
+    flip: bool
+    token_grid: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "Calibration":
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        if any(s < 32 for s in self.cam_sizes):
+            raise ValueError("cam_sizes must all be >= 32")
+        return self
+
+
 class Params(Section):
     runtime: Runtime
     seed: int = Field(ge=0)  # training seed of the fine-tuning stages (pretraining and data keep their own)
@@ -363,6 +391,7 @@ class Params(Section):
     baseline: Baseline
     upper_bound: UpperBound
     eval: Eval
+    calibration: Calibration
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ Per image, one forward pass at one scale (no flip, so each layer's affinity is s
 - best background-threshold mIoU of the CAM refined with each single layer's affinity (Figs. 1 / 6) and
   with the average of the first K layers, K = 1..L (Table III), next to the non-refined CAM, the
   all-layer average (Eqs. 4-5) and the entropy-weighted AReAM refinement (Eq. 12);
-- the mean re-activation weight w of each layer (Eq. 10) over the images.
+- the mean re-activation weight w of each layer (Eq. 10) over the images;
+- affinity diagnostics against the ground truth on the token grid (:func:`pipeline.metrics.token_labels`): the
+  CAM refined by the oracle "same segment" affinity (the ceiling of any affinity refinement), and per layer the
+  share of foreground queries' attention that stays on their own class's tokens and the share of background
+  queries' attention that lands on objects (:func:`pipeline.analysis.segment_attention`); each source's best
+  background threshold, to read beside Eq. 16's fixed alpha1.
 """
 
 
@@ -24,13 +29,14 @@ import numpy as np
 import torch
 
 from pipeline.analysis import (affinity_images, attended_keys, blend, class_agnostic, first_k_refinements,
-                               hellinger_distance, layer_panel, minmax, upsample_scores)
+                               hellinger_distance, layer_panel, minmax, oracle_affinity, segment_attention,
+                               upsample_scores)
 from pipeline.aream import (layer_entropy, normalize_cams, reactivated_affinity, reactivation_weights, refine_cams,
                             refine_per_layer)
 from pipeline.cams import gather_classes, input_side, model_geometry, resize_images
 from pipeline.data.manifest import Sample
 from pipeline.io import DataError, read_label_png, read_rgb, write_bytes
-from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.metrics import ThresholdSweep, thresholds_from, token_labels
 from pipeline.palette import heatmap_colormap
 from pipeline.progress import progress
 
@@ -69,21 +75,42 @@ class LayerAnalysis:
     sweeps: dict[str, ThresholdSweep] = field(default_factory=dict)
     hellinger_sum: np.ndarray | None = None
     weight_sum: np.ndarray | None = None
+    # per layer: attention of foreground queries on their own segment, of background queries on objects, and
+    # the numbers of such queries (segment_attention)
+    own_sum: np.ndarray | None = None
+    bg_on_objects_sum: np.ndarray | None = None
+    fg_queries: np.ndarray | None = None
+    bg_queries: np.ndarray | None = None
     count: int = 0
     figures: list[FigureData] = field(default_factory=list)
     normalize: str = "minmax"  # per-class scaling of every refined map before its sweep (cams.normalize)
 
     def __post_init__(self) -> None:
         names = ["cam", "avg", "aream"] + [f"layer{l}" for l in range(1, self.depth + 1)] \
-            + [f"first{k}" for k in range(1, self.depth + 1)]
+            + [f"first{k}" for k in range(1, self.depth + 1)] + ["oracle"]
         self.sweeps = {n: ThresholdSweep(self.thresholds, self.num_classes) for n in names}
         self.hellinger_sum = np.zeros(self.depth)
         self.weight_sum = np.zeros(self.depth)
+        self.own_sum, self.bg_on_objects_sum = np.zeros(self.depth), np.zeros(self.depth)
+        self.fg_queries, self.bg_queries = np.zeros(self.depth), np.zeros(self.depth)
 
     def best(self, name: str) -> float | None:
         if not self.count:
             return None
         return float(self.sweeps[name].result()["best_miou"])
+
+    def best_threshold(self, name: str) -> float | None:
+        if not self.count:
+            return None
+        return float(self.sweeps[name].result()["best_threshold"])
+
+    def add_segment_attention(self, attn: torch.Tensor, labels: torch.Tensor) -> None:
+        """One image's (L, N, N) attention against its (N,) token labels."""
+        own, on_objects, n_fg, n_bg = (t.cpu().double().numpy() for t in segment_attention(attn, labels))
+        self.own_sum += own
+        self.bg_on_objects_sum += on_objects
+        self.fg_queries += n_fg
+        self.bg_queries += n_bg
 
 
 @torch.no_grad()
@@ -113,14 +140,17 @@ def analyze_batch(model: Any, images: list[np.ndarray], masks: list[np.ndarray],
     for b, s in enumerate(samples):
         keys = np.asarray(s.labels, np.int64)
         k = len(keys)
-        stacked = torch.cat([cam[b, None], first_k[b, -1:], aream[b, None], per_layer[b], first_k[b]])
-        stacked = stacked[:, :k].cpu()                           # (3 + 2L, K_b, h, w)
+        labels = token_labels(masks[b], grid, acc.num_classes).reshape(-1).to(attn.device)  # (N,) ground truth
+        oracle = refine_cams(cam[b, None], oracle_affinity(labels)[None])                   # (1, K, h, w)
+        acc.add_segment_attention(attn[b], labels)
+        stacked = torch.cat([cam[b, None], first_k[b, -1:], aream[b, None], per_layer[b], first_k[b], oracle])
+        stacked = stacked[:, :k].cpu()                           # (4 + 2L, K_b, h, w)
         scores = upsample_scores(stacked, masks[b].shape, acc.normalize)
         for sweep, sc in zip(acc.sweeps.values(), scores):
             sweep.add(sc, keys, masks[b])
         acc.count += 1
         if len(acc.figures) < num_figures:
-            agn = class_agnostic(stacked.clamp_min(0)).numpy()      # (3 + 2L, h, w)
+            agn = class_agnostic(stacked.clamp_min(0)).numpy()      # (4 + 2L, h, w)
             acc.figures.append(FigureData(s.id, images[b], masks[b], agn[0], agn[3:3 + L], agn[1], agn[2],
                                           keys_maps[b].cpu().numpy(),
                                           attn[b].cpu() if not acc.figures else None))
@@ -133,12 +163,19 @@ def layer_rows(acc: LayerAnalysis) -> list[dict[str, Any]]:
         rows.append({"layer": l, "hellinger": round(float(acc.hellinger_sum[l - 1] / n), 6),
                      "single_layer_miou": _round(acc.best(f"layer{l}")),
                      "first_k_miou": _round(acc.best(f"first{l}")),
-                     "reactivation_weight": round(float(acc.weight_sum[l - 1] / n), 6)})
+                     "reactivation_weight": round(float(acc.weight_sum[l - 1] / n), 6),
+                     "single_layer_threshold": acc.best_threshold(f"layer{l}"),
+                     "own_segment_attention": _share(acc.own_sum[l - 1], acc.fg_queries[l - 1]),
+                     "bg_attention_on_objects": _share(acc.bg_on_objects_sum[l - 1], acc.bg_queries[l - 1])})
     return rows
 
 
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
+
+
+def _share(total: float, count: float) -> float | None:
+    return round(float(total / count), 6) if count else None
 
 
 def _best(values: list[float | None]) -> tuple[int | None, float | None]:
@@ -166,20 +203,36 @@ def summary_metrics(acc: LayerAnalysis, rows: list[dict[str, Any]]) -> dict[str,
         "best_first_k_miou": best_k_miou,
         "hellinger_first_layer": rows[0]["hellinger"],
         "hellinger_last_layer": rows[-1]["hellinger"],
+        "oracle_miou": _round(acc.best("oracle")),
+        "best_thresholds": {name: acc.best_threshold(name) for name in ("cam", "avg", "aream", "oracle")},
     }
 
 
 def layers_markdown(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| layer | Hellinger | single-layer mIoU (%) | first-K mIoU (%) | re-activation weight |",
-             "|---|---|---|---|---|"]
+    lines = ["| layer | Hellinger | single-layer mIoU (%) | at threshold | first-K mIoU (%) | re-activation weight | "
+             "fg attention on own segment (%) | bg attention on objects (%) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['layer']} | {r['hellinger']:.3f} | {pct(r['single_layer_miou'])} | "
-                     f"{pct(r['first_k_miou'])} | {r['reactivation_weight']:.2f} |")
-    lines += ["", f"Non-refined CAM {pct(metrics['non_refined_miou'])}, all-layer average affinity (Eqs. 4-5) "
-              f"{pct(metrics['avg_miou'])}, entropy-weighted AReAM affinity (Eq. 12) {pct(metrics['aream_miou'])} "
-              f"(best background-threshold mIoU on {metrics['num_images']} train images, one scale, no flip)."]
+                     f"{_cell(r['single_layer_threshold'])} | {pct(r['first_k_miou'])} | "
+                     f"{r['reactivation_weight']:.2f} | {pct(r['own_segment_attention'])} | "
+                     f"{pct(r['bg_attention_on_objects'])} |")
+    at = metrics["best_thresholds"]
+    lines += ["", f"Non-refined CAM {pct(metrics['non_refined_miou'])} (at threshold {_cell(at['cam'])}), "
+              f"all-layer average affinity (Eqs. 4-5) {pct(metrics['avg_miou'])} (at {_cell(at['avg'])}), "
+              f"entropy-weighted AReAM affinity (Eq. 12) {pct(metrics['aream_miou'])} (at {_cell(at['aream'])}), "
+              f"oracle \"same ground-truth segment\" affinity {pct(metrics['oracle_miou'])} (at "
+              f"{_cell(at['oracle'])}): best background-threshold mIoU on {metrics['num_images']} train images, one "
+              "scale, no flip; Eq. 16 labels with the fixed threshold pseudo.alpha1 (the paper's 0.25) instead. The "
+              "oracle is the ceiling of any affinity refinement of this CAM; the attention columns say how much of "
+              "each layer's attention stays within a foreground token's own class and how much of a background "
+              "token's attention lands on objects (ground truth on the token grid)."]
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
 
 
 def layers_csv(rows: list[dict[str, Any]]) -> str:
@@ -232,6 +285,8 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
         ax.axhline(base, ls=":", color="k", label="non-refined")
         ax.axhline(avg, ls="-", color="tab:blue", label="refined (avg)")
         ax.axhline(aream, ls="-.", color="tab:orange", label="refined (AReAM weights)")
+        if metrics.get("oracle_miou") is not None:
+            ax.axhline(100 * metrics["oracle_miou"], ls="--", color="tab:red", label="oracle affinity (ceiling)")
         # Fig. 6's shading: what the AReAM weights change against the plain average (a gain or a loss)
         ax.fill_between([layers[0], layers[-1]], avg, aream, color="tab:orange", alpha=0.15,
                         label="AReAM weights vs avg")

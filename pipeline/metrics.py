@@ -5,11 +5,14 @@ All functions take numpy arrays or torch tensors and return numpy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.palette import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _np(x: Any) -> np.ndarray:
@@ -132,3 +135,15 @@ class ThresholdSweep:
             "best_miou": float(means[best]),
             "per_class_iou": [None if np.isnan(v) else float(v) for v in ious[best][1]],
         }
+
+
+def token_labels(mask: Any, grid: tuple[int, int], num_classes: int) -> "torch.Tensor":
+    """The ground truth on the token grid: mask (H, W) (0 background, 1..C-1 classes, 255 ignored) -> (h, w)
+    int64, each cell the majority label of the labelled pixels it covers (adaptive pooling of the one-hot mask;
+    ties to the smaller label; a cell with no labelled pixel is background). ``num_classes`` counts background."""
+    import torch
+
+    mask = torch.as_tensor(np.asarray(mask, np.int64))
+    onehot = torch.nn.functional.one_hot(mask.clamp(max=num_classes), num_classes + 1)[..., :num_classes]
+    share = torch.nn.functional.adaptive_avg_pool2d(onehot.permute(2, 0, 1)[None].float(), grid)
+    return share[0].argmax(0)  # the first maximum: the smaller label on ties

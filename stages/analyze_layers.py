@@ -3,7 +3,9 @@
 over the split), at ``analysis.scale``, with the background-threshold sweep ``cams.sweep``.
 
 Writes ``reports/analysis/layers.csv`` (layer, hellinger, single_layer_miou, first_k_miou,
-reactivation_weight), ``layers.md``, ``metrics.json`` and ``figures/``: ``layer_miou.png`` (Fig. 1 / 6
+reactivation_weight, single_layer_threshold, own_segment_attention, bg_attention_on_objects), ``layers.md``,
+``metrics.json`` (with the oracle-affinity ceiling and each source's best threshold) and ``figures/``:
+``layer_miou.png`` (Fig. 1 / 6
 and Table III as curves), ``hellinger.png`` (Fig. 3 right), ``affinity_layers.png`` (Fig. 3 left /
 Fig. 7 top), ``attended_keys.png`` (Fig. 7 bottom) and ``layers_overlay.png`` (Fig. 8).
 """

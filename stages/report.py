@@ -127,6 +127,9 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
               table_one(cams, pseudo, post, base), ""]
     if (reports / "cams" / "sweep.csv").exists():
         lines.append("Background-threshold curves: `reports/cams/sweep.csv` (`dvc plots show`).")
+    calibration = reports / "calibration" / "calibration.md"  # stage calibrate: the data beside VOC, no AReAM
+    if calibration.is_file():
+        lines += ["", calibration.read_text().strip()]
 
     lines += ["", "## Layer-wise analysis (Figs. 1, 3, 6; Table III)", ""]
     layers_md = analysis / "layers.md"

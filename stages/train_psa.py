@@ -4,10 +4,10 @@
    power ``crf.alpha_low`` and ``crf.alpha_high``; PSA's rule keeps confident foreground (low
    power), confident background (high power) and ignores the rest (255). Images run in parallel, and
    each label map goes to ``models/affinitynet_ckpt/confident/<id>.png`` (removed when done).
-2. AffinityNet (``psa`` params, params.yaml's ``seed``) learns from them (:mod:`pipeline.train_affinity`), reading each image
-   and label map when a batch needs it, so memory does not grow with the training set; checkpointing every
-   epoch to ``models/affinitynet_ckpt/last.pt`` under a tag of the params, the code, the data, the
-   confident labels and the starting weights (resumed only under the same tag, deleted when done).
+2. AffinityNet (``psa`` params, params.yaml's ``seed``) learns from them (:mod:`pipeline.train_affinity`),
+   reading each image and label map when a batch needs it, so memory does not grow with the training set;
+   checkpointing every epoch to ``models/affinitynet_ckpt/last.pt`` under a tag of the params, the code, the
+   data, the confident labels and the starting weights (resumed only under the same tag, deleted when done).
    Multi-GPU: ``runtime.nproc`` (``--nproc N``).
 
 Writes ``models/affinitynet/model.pt``, ``reports/train_psa/metrics.json`` (final losses, pair counts,
@@ -32,9 +32,8 @@ from pipeline.device import cpu_count
 from pipeline.io import FileSequence, read_label_png, read_rgb, write_json, write_label_png
 from pipeline.models.affinitynet import save_affinitynet
 from pipeline.parallel import map_items
-from pipeline.postprocess.crf import background_probs, crf_inference
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
-from pipeline.postprocess.psa import confident_labels
+from pipeline.postprocess.psa import confident_regions
 from pipeline.train_affinity import SUMMED, train_affinitynet
 from pipeline.training import Checkpoint, Curves, epoch_hook, gather_shards, setup_distributed, teardown
 from stages._cam_inputs import load_cam_inputs
@@ -53,12 +52,7 @@ CURVES = (*SUMMED, "lr")
 def confident_one(sample: Sample, variant: str, crf: CRF, num_classes: int) -> tuple[np.ndarray, dict | None]:
     """Confident label map (H, W) uint8 of one image and its quality counts (None without a mask)."""
     image, keys, scores = load_cam_inputs(sample, variant)
-    if len(keys) == 0:
-        label = np.zeros(image.shape[:2], np.uint8)
-    else:
-        post_low = crf_inference(image, background_probs(scores, crf.alpha_low), crf)
-        post_high = crf_inference(image, background_probs(scores, crf.alpha_high), crf)
-        label = confident_labels(post_low, post_high, keys)
+    label = confident_regions(image, scores, keys, crf)
     if sample.mask is None:
         return label, None
     quality = label_quality(label, read_label_png(sample.mask), num_classes)
@@ -133,7 +127,8 @@ def run(params: Params) -> None:
         f"neg {m['neg_loss']:.3f})"))
 
     try:
-        model, history = train_affinitynet(images, labels, cfg, device, seed=params.seed, dist=dist, resume=resume, on_epoch=on_epoch)
+        model, history = train_affinitynet(images, labels, cfg, device, seed=params.seed, dist=dist, resume=resume,
+                                           on_epoch=on_epoch)
     finally:
         if curves is not None:
             curves.end()

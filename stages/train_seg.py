@@ -85,7 +85,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
 
     dist, device = setup_distributed(params.runtime.device)
     seed_everything(params.seed)
-    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "seed": params.seed, "dataset": params.dataset.model_dump(),
+    tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "seed": params.seed,
+                                       "dataset": params.dataset.model_dump(),
                                        "world": dist.world_size, "device": device.type,
                                        "labels": labels_digest(pairs), "num_classes": num_classes},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])

@@ -89,6 +89,46 @@ def test_upsample_scores_and_tiles():
     assert grid.shape == (2 + 4 + 2 + 3 + 2, 2 + 5 + 2 + 3 + 2, 3)
 
 
+# ---------------------------------------------------------------------------------------------- diagnostics
+
+
+def test_token_labels_majority_of_labelled_pixels():
+    from pipeline.metrics import token_labels
+
+    mask = np.array([[1, 1, 0, 0],
+                     [1, 0, 0, 0],
+                     [255, 255, 2, 2],
+                     [2, 0, 2, 0]], np.uint8)
+    # top-left 3 x 1 vs 1 x 0; bottom-left 255 left out, 1 x 2 vs 1 x 0 ties to 0; bottom-right 3 x 2 vs 1 x 0
+    assert token_labels(mask, (2, 2), num_classes=3).tolist() == [[1, 0], [0, 2]]
+
+
+def test_oracle_affinity_spreads_a_cam_over_its_own_segment_only():
+    from pipeline.analysis import oracle_affinity
+    from pipeline.aream import refine_cams
+
+    labels = torch.tensor([0, 1, 1, 0])
+    a = oracle_affinity(labels)
+    torch.testing.assert_close(a[0], torch.tensor([0.5, 0.0, 0.0, 0.5]))
+    torch.testing.assert_close(a[1], torch.tensor([0.0, 0.5, 0.5, 0.0]))
+    cam = torch.tensor([0.2, 1.0, 0.6, 0.0]).reshape(1, 1, 2, 2)
+    refined = refine_cams(cam, a[None]).flatten()  # Eq. 5: each token the mean of its segment
+    torch.testing.assert_close(refined, torch.tensor([0.1, 0.8, 0.8, 0.1]))
+
+
+def test_segment_attention_hand_case():
+    from pipeline.analysis import segment_attention
+
+    labels = torch.tensor([0, 1, 1, 0])
+    attn = torch.tensor([[[0.5, 0.25, 0.25, 0.0],    # background query: 0.5 on objects
+                          [0.1, 0.6, 0.2, 0.1],      # class-1 query: 0.8 on its own segment
+                          [0.0, 0.5, 0.5, 0.0],      # class-1 query: 1.0
+                          [0.25, 0.25, 0.0, 0.5]]])  # background query: 0.25 on objects
+    own, on_objects, n_fg, n_bg = segment_attention(attn, labels)
+    torch.testing.assert_close(own / n_fg, torch.tensor([0.9]))
+    torch.testing.assert_close(on_objects / n_bg, torch.tensor([0.375]))
+
+
 # ---------------------------------------------------------------------------------------------- stage
 
 
@@ -115,7 +155,11 @@ def test_analysis_stage_outputs(tmp_path):
     w = [r["reactivation_weight"] for r in rows]
     assert all(0 <= x <= 1 for x in w)
     csv_text = layers_csv(rows)
-    assert csv_text.splitlines()[0] == "layer,hellinger,single_layer_miou,first_k_miou,reactivation_weight"
+    assert csv_text.splitlines()[0] == ("layer,hellinger,single_layer_miou,first_k_miou,reactivation_weight,"
+                                        "single_layer_threshold,own_segment_attention,bg_attention_on_objects")
+    for r in rows:
+        assert 0 <= r["own_segment_attention"] <= 1 and 0 <= r["bg_attention_on_objects"] <= 1
+    assert 0 <= metrics["oracle_miou"] <= 1 and set(metrics["best_thresholds"]) == {"cam", "avg", "aream", "oracle"}
     assert "| 4 |" in layers_markdown(rows, metrics)
     names = draw_figures(acc, rows, metrics, tmp_path)
     assert set(names) == {"layer_miou.png", "hellinger.png", "affinity_layers.png", "attended_keys.png",

@@ -120,6 +120,26 @@ def test_every_stage_produced_its_outputs(smoke_repo):
     assert "Table I" in report and "Segmentation" in report and "fully supervised bound" in report
 
 
+def test_calibration_measures_the_data_without_aream(smoke_repo):
+    """Stage calibrate: the mask statistics of the 48 train images, the CNN CAM and its two refinements with their
+    gains, in the report; AReAM's settings do not rerun it, its own do."""
+    cal = json.loads((smoke_repo / "reports/calibration/calibration.json").read_text())
+    assert cal["data"]["images"] == 48 and 0 < cal["data"]["fg_fraction"] < 1
+    assert 0 < cal["token_grid"]["miou"] <= 100 and cal["token_grid"]["grid"] == 8
+    for key in ("cam", "crf", "psa"):
+        assert 0 <= cal[key]["best_miou"] <= 100, key
+    for key in ("crf", "psa"):
+        assert cal[key]["gain"] == pytest.approx(cal[key]["best_miou"] - cal["cam"]["best_miou"], abs=0.011)
+    assert "## Calibration: the toyvoc train split beside PASCAL VOC" in (smoke_repo / "reports/report.md").read_text()
+    params = (smoke_repo / "params.yaml").read_text()
+    _edit_params(smoke_repo, "aream", "lam", 0.5)
+    assert "calibrate" not in _changed(smoke_repo)
+    (smoke_repo / "params.yaml").write_text(params)
+    _edit_params(smoke_repo, "calibration", "epochs", 2)
+    assert _changed(smoke_repo) == {"check", "calibrate"}  # the report follows when its output changes
+    (smoke_repo / "params.yaml").write_text(params)
+
+
 def test_second_repro_is_a_fast_noop(smoke_repo):
     start = time.perf_counter()
     r = _run([str(BIN / "dvc"), "repro"], smoke_repo)

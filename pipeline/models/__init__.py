@@ -12,12 +12,23 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+import torch
+
 from pipeline.config import ConfigError
 
 # The input normalisation of every ImageNet-pretrained backbone (timm ViTs, smp / timm ResNets), used by
 # all three networks whether or not they start from pretrained weights.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with the ImageNet mean / std (the classifier's input)."""
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # own, writable copy
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
 
 # classification heads a whole-network weights file may carry beyond a backbone or encoder (EfficientNet: conv_head,
 # bn2); ``model.``: smp's tu- encoders hold the timm network as ``model``

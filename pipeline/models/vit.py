@@ -54,22 +54,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
 from pipeline.io import DataError, write_torch
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, load_error_summary, loading_weights
-
-
-def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with the ImageNet mean / std (the classifier's input)."""
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # own, writable copy
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_error_summary, loading_weights
 
 
 @dataclass

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import PSA
+from pipeline.config import CRF, PSA
 from pipeline.metrics import IGNORE_INDEX
+from pipeline.postprocess.crf import background_probs, crf_inference
 
 
 def confident_labels(post_low: np.ndarray, post_high: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -45,6 +46,17 @@ def confident_labels(post_low: np.ndarray, post_high: np.ndarray, keys: np.ndarr
     label[low == 0] = IGNORE_INDEX
     label[high == 0] = 0
     return label.astype(np.uint8)
+
+
+def confident_regions(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, crf: CRF) -> np.ndarray:
+    """PSA's confident regions of one image: CAMs ``scores`` (K, H, W) of classes ``keys`` CRF-refined with the
+    background powers ``crf.alpha_low`` and ``crf.alpha_high``, then :func:`confident_labels`. Returns (H, W)
+    uint8 (all background when the image has no class)."""
+    if len(keys) == 0:
+        return np.zeros(np.asarray(image).shape[:2], np.uint8)
+    post_low = crf_inference(image, background_probs(scores, crf.alpha_low), crf)
+    post_high = crf_inference(image, background_probs(scores, crf.alpha_high), crf)
+    return confident_labels(post_low, post_high, keys)
 
 
 def downsample_labels(label: np.ndarray, stride: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
