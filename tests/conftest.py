@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # Prefect logs "Stopping temporary server" at interpreter exit, after pytest has closed its streams
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# hub libraries never look for weights online (the offline fixtures of test_cli also stub their fetchers)
+# hub libraries never look for weights online (the `offline` fixture below also stubs their fetchers)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _REMOTE_ATTEMPTS: list[str] = []
@@ -65,3 +65,27 @@ def _no_network():
     yield
     attempts = _REMOTE_ATTEMPTS[start:]
     assert not attempts, f"this test tried to reach the network: {', '.join(attempts)}"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No machine without internet can fetch hub weights: every function through which timm, smp and torch
+    would fetch them raises what the hub raises offline, so no test ever opens a connection."""
+    import huggingface_hub
+    import huggingface_hub.constants
+    import segmentation_models_pytorch.encoders as smp_encoders
+    import timm.models._builder as builder
+    import torch.hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline_error(*args, **kwargs):
+        raise LocalEntryNotFoundError("offline: the requested weights are not in the local cache")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for module, name in ((builder, "load_pretrained"), (builder, "load_state_dict_from_url"),
+                         (builder, "download_cached_file"), (smp_encoders, "hf_hub_download"),
+                         (huggingface_hub, "hf_hub_download"), (torch.hub, "load_state_dict_from_url")):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, offline_error)

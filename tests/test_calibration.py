@@ -81,7 +81,7 @@ def test_cnn_cams_sum_sizes_and_flip_then_normalise_by_max():
     assert input_shape(16, 24, 48) == (32, 48)
 
 
-def test_train_cam_net_keeps_imagenet_batchnorm_and_learns():
+def test_train_cam_net_keeps_imagenet_batchnorm_and_learns(offline):  # random weights: nothing to fetch
     torch.manual_seed(0)
     model = CamNet("tf_efficientnet_lite0", num_classes=2, output_stride=32)
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -104,7 +104,7 @@ def test_train_cam_net_keeps_imagenet_batchnorm_and_learns():
     assert model.cams(x).shape == (4, 2, 1, 1) and (model.cams(x) >= 0).all()
 
 
-def test_freeze_early_layers_stops_at_the_first_deeper_feature_level():
+def test_freeze_early_layers_stops_at_the_first_deeper_feature_level(offline):
     model = CamNet("tf_efficientnet_lite0", num_classes=2)
     assert freeze_early_layers(model.body, 0) == 0
     n = freeze_early_layers(model.body, 4)  # the stem and blocks 0-1 (strides 2 and 4); blocks.2 is stride 8

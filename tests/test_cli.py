@@ -163,30 +163,6 @@ def test_a_psa_file_of_another_architecture_is_one_config_error(wider_vit):
     assert re.search(r"\d+ tensors missing from the file \(e\.g\. conv1\.weight\)", msg), msg
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No machine without internet can fetch hub weights: every function through which timm, smp and torch
-    would fetch them raises what the hub raises offline, so no test ever opens a connection."""
-    import huggingface_hub
-    import huggingface_hub.constants
-    import segmentation_models_pytorch.encoders as smp_encoders
-    import timm.models._builder as builder
-    import torch.hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    def offline_error(*args, **kwargs):
-        raise LocalEntryNotFoundError("offline: the requested weights are not in the local cache")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    for module, name in ((builder, "load_pretrained"), (builder, "load_state_dict_from_url"),
-                         (builder, "download_cached_file"), (smp_encoders, "hf_hub_download"),
-                         (huggingface_hub, "hf_hub_download"), (torch.hub, "load_state_dict_from_url")):
-        if hasattr(module, name):
-            monkeypatch.setattr(module, name, offline_error)
-
-
 def _hub_classifier():
     from pipeline.models.vit import build_classifier
 
@@ -199,6 +175,12 @@ def _hub_affinitynet():
     AffinityNet("resnet18", "timm", feature_stride=8, embed_dim=16)
 
 
+def _hub_camnet():
+    from pipeline.calibration import CamNet
+
+    CamNet("resnet18", 3, hub=True)
+
+
 def _hub_segmenter():
     from pipeline.models.segmenter import build_segmenter
 
@@ -206,7 +188,8 @@ def _hub_segmenter():
 
 
 @pytest.mark.parametrize("key, build", [("classifier.pretrained", _hub_classifier),
-                                        ("psa.pretrained", _hub_affinitynet), ("seg.encoder_weights", _hub_segmenter)])
+                                        ("psa.pretrained", _hub_affinitynet), ("seg.encoder_weights", _hub_segmenter),
+                                        ("calibration.pretrained", _hub_camnet)])
 def test_hub_weights_offline_are_one_config_error(offline, key, build):
     with pytest.raises(ConfigError) as err:
         build()
