@@ -94,12 +94,22 @@ class ToySpec(Section):
     boundary: int = Field(ge=0, le=16)  # width in pixels of the 255 ignore band
     context: float = Field(ge=0, le=1)  # P(background = the first object's typical scene)
     clutter: int = Field(ge=0, le=12)  # unlabelled distractor shapes per image: 0..clutter
+    clutter_body_colours: float = Field(ge=0, le=1)  # P(a distractor takes a body colour family, not the scene's)
+    object_scale: list[float] = Field(min_length=2, max_length=2)  # body radius range, fraction of the short side
+    repeat: float = Field(ge=0, le=1)  # P(each further object repeats a class already in the image)
+    texture: float = Field(ge=0, le=2)  # strength of the body textures (0 = flat bodies, 1 = the original pool)
+    body_saturation: list[float] = Field(min_length=2, max_length=2)  # HSV saturation range of body colours
+    classes_per_body: int = Field(ge=1, le=16)  # classes sharing one body appearance (shape + colour family)
     seed: int
 
     @model_validator(mode="after")
     def _sizes(self) -> "ToySpec":
         if self.max_size < self.min_size:
             raise ValueError("max_size must be >= min_size")
+        if not 0.05 <= self.object_scale[0] <= self.object_scale[1] <= 0.6:
+            raise ValueError("object_scale must be [low, high] with 0.05 <= low <= high <= 0.6")
+        if not 0 <= self.body_saturation[0] <= self.body_saturation[1] <= 1:
+            raise ValueError("body_saturation must be [low, high] with 0 <= low <= high <= 1")
         return self
 
 
@@ -162,12 +172,20 @@ class Pretrain(Section):
     crop_scale: list[float] = Field(min_length=2, max_length=2)
     drop_path: float = Field(ge=0, lt=1)
     amp: bool  # used on CUDA only
+    teacher: str  # none | a weights file under weights/ (whole-network state dict) | timm: the ImageNet CNN teacher
+    teacher_backbone: str  # the teacher's timm CNN
+    teacher_stride: Literal[4, 8, 16, 32]  # the teacher feature level each patch token regresses
+    distill_logits: float = Field(ge=0)  # weight of the distillation token's soft-prediction term
+    distill_features: float = Field(ge=0)  # weight of the token-level feature regression term
+    distill_temperature: float = Field(gt=0)
     seed: int
 
     @model_validator(mode="after")
     def _crop(self) -> "Pretrain":
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        if self.teacher != "none" and self.distill_logits == 0 and self.distill_features == 0:
+            raise ValueError("a teacher needs distill_logits > 0 or distill_features > 0 (or set teacher: none)")
         return self
 
 

@@ -7,6 +7,9 @@ schedule, random-resized crops and flips. Stage ``train_cls`` then fine-tunes th
 dropped) exactly as a local DeiT weights file: its class token seeds every class token and its position
 embedding is resampled to the fine-tuning grid.
 
+With ``pretrain.teacher`` set, an ImageNet CNN teaches the ViT alongside the corpus labels: a distillation
+token on its predictions and each patch token regressing its feature map (:mod:`pipeline.distill`).
+
 Randomness is a function of (``pretrain.seed``, epoch, image index), as in the other trainers: the order
 from :func:`pipeline.training.epoch_order`, each image's crop and flip from ``default_rng([seed, epoch,
 index])``; the loop runs on the shared harness (DDP, mixed precision, resumable end-of-epoch states).
@@ -24,6 +27,7 @@ from torch import nn
 
 from pipeline.config import Classifier, Pretrain
 from pipeline.device import seed_everything
+from pipeline.distill import DistilledViT, Teacher, feature_distillation, logit_distillation
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
                                restore_training_state, training_state, unwrap, weight_decay_groups, wrap)
@@ -40,8 +44,42 @@ def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Modu
 
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights a fine-tuning run starts from: every timm key except the classification head."""
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items() if not k.startswith("head.")}
+    """The weights a fine-tuning run starts from: every timm key except the classification head (of a
+    :class:`~pipeline.distill.DistilledViT`, its ViT's keys only: the distillation token and heads stay here)."""
+    model = unwrap(model)
+    model = model.vit if isinstance(model, DistilledViT) else model
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+
+
+def build_student(model_cfg: Classifier, cfg: Pretrain, num_classes: int, teacher: Teacher | None) -> nn.Module:
+    """The plain ViT, or with a teacher the ViT inside a :class:`DistilledViT` with the heads its terms need."""
+    vit = build_vit(model_cfg, cfg, num_classes)
+    if teacher is None:
+        return vit
+    return DistilledViT(vit, teacher.cnn.num_classes if cfg.distill_logits > 0 else 0,
+                        teacher.channels if cfg.distill_features > 0 else 0)
+
+
+def pretrain_loss(net: nn.Module, teacher: Teacher | None, x: torch.Tensor, y: torch.Tensor, cfg: Pretrain,
+                  patch_size: int, autocast) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(loss, class logits, the distillation terms' values) of one batch: label-smoothed cross-entropy, plus with a
+    teacher ``distill_logits`` x the logit term and ``distill_features`` x the token-feature term."""
+    with autocast():
+        out = net(x)
+    logits, dist_logits, features = out if teacher is not None else (out, None, None)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    terms: dict[str, float] = {}
+    if teacher is not None:
+        t_logits, t_features = teacher(x)
+        if dist_logits is not None:
+            term = logit_distillation(dist_logits.float(), t_logits.float(), cfg.distill_temperature)
+            loss = loss + cfg.distill_logits * term
+            terms["distill_logits"] = float(term.detach())
+        if features is not None:
+            term = feature_distillation(features, t_features, (x.shape[-2] // patch_size, x.shape[-1] // patch_size))
+            loss = loss + cfg.distill_features * term
+            terms["distill_features"] = float(term.detach())
+    return loss, logits, terms
 
 
 def augment_batch(images: np.ndarray, idx: list[int], size: int, crop_scale: tuple[float, float], seed: int,
@@ -83,7 +121,8 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: t
     for start in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float()).to(device)
         with autocast():
-            pred = model(x).argmax(-1).cpu()
+            out = model(x)
+        pred = (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
         correct += int((pred == torch.from_numpy(labels[start:start + batch_size])).sum())
     return correct / max(1, len(images))
 
@@ -92,13 +131,16 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
                  val: tuple[np.ndarray, np.ndarray], num_classes: int, device: torch.device, *,
                  dist: Distributed = Distributed(), resume: dict | None = None,
                  on_epoch: Callable[[int, dict, dict], None] | None = None,
-                 progress: bool = True) -> tuple[nn.Module, list[dict]]:
+                 progress: bool = True, teacher: Teacher | None = None) -> tuple[nn.Module, list[dict]]:
     """Train on ``train`` = (images (N, S, S, 3) uint8, labels (N,)) for ``cfg.epochs`` epochs; ``val`` gives
     the per-epoch top-1 accuracy (main process). ``resume`` / ``on_epoch(epoch, metrics, state)`` as in
-    :func:`pipeline.train_affinity.train_affinitynet`. Returns the unwrapped model and the history."""
+    :func:`pipeline.train_affinity.train_affinitynet`; ``teacher`` adds the distillation terms. Returns the
+    unwrapped model (a :class:`DistilledViT` with a teacher) and the history."""
     images, labels = train
     seed_everything(cfg.seed)
-    model = build_vit(model_cfg, cfg, num_classes).to(device)
+    model = build_student(model_cfg, cfg, num_classes, teacher).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device)
     net = wrap(model, dist, device)
     per_rank = max(1, cfg.batch_size // dist.world_size)
     steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
@@ -110,22 +152,23 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
     targets = torch.from_numpy(labels)
     for epoch in range(start, cfg.epochs):
         order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
+        sums = torch.zeros(5, dtype=torch.float64)  # loss sum, correct, images, the two distillation terms' sums
         net.train()
         for idx in progress_bar(batches(order, per_rank), f"pretrain epoch {epoch + 1}/{cfg.epochs}",
                                 enabled=progress and dist.is_main):
             x = augment_batch(images, idx, cfg.image_size, tuple(cfg.crop_scale), cfg.seed, epoch).to(device)
             y = targets[idx].to(device)
-            with autocast():
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss, logits, terms = pretrain_loss(net, teacher, x, y, cfg, model_cfg.patch_size, autocast)
             backward_step(loss, opt, scaler)
             sched.step()
-            sums += torch.tensor([loss.item() * len(idx), float((logits.argmax(-1) == y).sum()), len(idx)],
-                                 dtype=torch.float64)
+            sums += torch.tensor([loss.item() * len(idx), float((logits.argmax(-1) == y).sum()), len(idx),
+                                  terms.get("distill_logits", 0.0) * len(idx),
+                                  terms.get("distill_features", 0.0) * len(idx)], dtype=torch.float64)
         sums = all_reduce_sum(sums, dist, device)
         metrics = {"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_acc": float(sums[1] / sums[2]),
                    "lr": float(sched.get_last_lr()[0])}
+        if teacher is not None:
+            metrics |= {"distill_logits": float(sums[3] / sums[2]), "distill_features": float(sums[4] / sums[2])}
         if dist.is_main:
             metrics["val_acc"] = accuracy(unwrap(net), val[0], val[1], device, per_rank, autocast)
         history.append(metrics)

@@ -26,7 +26,8 @@ from stages._common import CHECKED, stage_main
 
 TOY_SPLITS = ("train", "val", "trainval")
 WEIGHT_PARAMS = (("classifier.pretrained", ("none", "timm")), ("psa.pretrained", ("none", "timm")),
-                 ("seg.encoder_weights", ("none", "imagenet")), ("calibration.pretrained", ("none", "timm")))
+                 ("seg.encoder_weights", ("none", "imagenet")), ("calibration.pretrained", ("none", "timm")),
+                 ("pretrain.teacher", ("none", "timm")))
 
 
 def check_dataset_params(ds: Dataset) -> None:
@@ -90,7 +91,7 @@ def check_coco_root(ds: Dataset) -> None:
 def check_built_weights(params: Params, dotted: str, value: str) -> None:
     """A weights file that a stage of the DAG writes fits only the networks it is made for."""
     fits = {PRETRAINED_VIT: ("classifier.pretrained",), IMAGENET_CNN: ("psa.pretrained", "seg.encoder_weights",
-                                                                         "calibration.pretrained")}
+                                                                         "calibration.pretrained", "pretrain.teacher")}
     if dotted not in fits[value]:
         raise ConfigError(f"{dotted}: {value} (written by stage {BUILT_WEIGHTS[value]}) is for "
                           f"{' / '.join(fits[value])}, not for {dotted}")

@@ -9,6 +9,9 @@ class design, no mask) and trains a plain ViT on it (:mod:`pipeline.pretrain`). 
   would a DeiT file: a pretraining edit reruns the classifier and what follows, nothing else;
 - ``reports/pretrain/metrics.json`` (final loss, train / held-out top-1) and per-epoch curves.
 
+With ``pretrain.teacher`` set (a weights file under weights/, a DVC dependency), an ImageNet CNN teaches the ViT
+as it learns (:mod:`pipeline.distill`); the file still holds the plain ViT.
+
 ``pretrain.enabled: false`` writes a placeholder instead (stage ``check`` then refuses
 ``classifier.pretrained: pretrained_vit.pth``). Resumable like the other trainers (``models/pretrain_ckpt``).
 """
@@ -24,6 +27,7 @@ import torch
 from pipeline.config import PRETRAINED_VIT, Params, weights_file
 from pipeline.data.corpus import corpus_classes, render_chunk
 from pipeline.device import cpu_count
+from pipeline.distill import build_teacher
 from pipeline.io import write_json, write_text, write_torch
 from pipeline.parallel import map_items
 from pipeline.pretrain import backbone_state, pretrain_vit
@@ -34,7 +38,7 @@ from stages._resume import run_tag
 OUTPUT = weights_file(PRETRAINED_VIT)
 CHECKPOINT = MODELS / "pretrain_ckpt" / "last.pt"
 REPORT_DIR = REPORTS / "pretrain"
-LIVE_KEYS = ("loss", "train_acc", "val_acc", "lr")
+LIVE_KEYS = ("loss", "train_acc", "val_acc", "lr", "distill_logits", "distill_features")
 CHUNK = 256  # images per rendering job
 
 
@@ -67,8 +71,9 @@ def run(params: Params) -> None:
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
     arch_keys = {k: getattr(arch, k) for k in ("backbone", "patch_size", "depth")}
+    teacher = build_teacher(cfg)
     tag = run_tag("stages.pretrain", {"pretrain": cfg.model_dump(), "classifier": arch_keys, "device": device.type,
-                                      "world": dist.world_size})
+                                      "world": dist.world_size}, [weights_file(cfg.teacher)])
     checkpoint = Checkpoint(CHECKPOINT, tag, "pretrain", dist)
     resume = checkpoint.load()
     curves = Curves(REPORT_DIR / "live", LIVE_KEYS.__contains__, resume["history"] if resume else []) \
@@ -76,7 +81,9 @@ def run(params: Params) -> None:
     if dist.is_main:
         print(f"pretrain: {arch.backbone} depth {arch.depth}, patch {arch.patch_size}, {cfg.image_size} px on "
               f"{len(train[0])} corpus images of {cfg.num_classes} classes ({len(val[0])} held out), "
-              f"{cfg.epochs} epochs, device {device}", flush=True)
+              f"{cfg.epochs} epochs, device {device}"
+              + (f"; teacher {cfg.teacher_backbone} ({cfg.teacher}) at stride {cfg.teacher_stride}" if teacher else ""),
+              flush=True)
 
     on_epoch = epoch_hook(checkpoint, curves, dist, lambda epoch, m: (
         f"pretrain epoch {epoch}/{cfg.epochs}: loss {m['loss']:.3f} train acc {m['train_acc']:.3f} "
@@ -84,7 +91,7 @@ def run(params: Params) -> None:
 
     try:
         model, history = pretrain_vit(arch, cfg, train, val, cfg.num_classes, device, dist=dist, resume=resume,
-                                      on_epoch=on_epoch)
+                                      on_epoch=on_epoch, teacher=teacher)
     finally:
         if curves is not None:
             curves.end()
@@ -93,9 +100,11 @@ def run(params: Params) -> None:
         return
     write_torch(OUTPUT, backbone_state(model))
     final = history[-1]
+    distill = {k: final[k] for k in ("distill_logits", "distill_features") if k in final}
     write_json(REPORT_DIR / "metrics.json", {"loss": final["loss"], "train_acc": final["train_acc"],
                                              "val_acc": final["val_acc"], "epochs": len(history),
-                                             "classes": cfg.num_classes, "images": len(train[0])})
+                                             "classes": cfg.num_classes, "images": len(train[0]),
+                                             "teacher": cfg.teacher, **distill})
     write_timing("pretrain", {"render_seconds": round(render_s, 1),
                               "train_seconds": round(time.perf_counter() - started - render_s, 1)})
     checkpoint.finish()

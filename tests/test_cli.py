@@ -181,6 +181,12 @@ def _hub_camnet():
     CamNet("resnet18", 3, hub=True)
 
 
+def _hub_teacher():
+    from pipeline.distill import build_teacher
+
+    build_teacher(SCRATCH.pretrain.replace(teacher="timm", teacher_backbone="resnet18", teacher_stride=8))
+
+
 def _hub_segmenter():
     from pipeline.models.segmenter import build_segmenter
 
@@ -189,7 +195,7 @@ def _hub_segmenter():
 
 @pytest.mark.parametrize("key, build", [("classifier.pretrained", _hub_classifier),
                                         ("psa.pretrained", _hub_affinitynet), ("seg.encoder_weights", _hub_segmenter),
-                                        ("calibration.pretrained", _hub_camnet)])
+                                        ("calibration.pretrained", _hub_camnet), ("pretrain.teacher", _hub_teacher)])
 def test_hub_weights_offline_are_one_config_error(offline, key, build):
     with pytest.raises(ConfigError) as err:
         build()

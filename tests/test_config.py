@@ -82,7 +82,7 @@ def test_set_args_survive_shell_word_splitting():
         set_args({"a": "two words"})
 
 
-@pytest.mark.parametrize("name", ["smoke", "voc"])
+@pytest.mark.parametrize("name", ["smoke", "voc", "scratch", "toy-original"])
 def test_set_args_give_dvc_the_profile_values(name, tmp_path):
     """DVC parses `-S` values with its own (Hydra) grammar: applying the printed arguments with DVC's code
     must give exactly the values of params.yaml merged with the profile."""
@@ -96,7 +96,7 @@ def test_set_args_give_dvc_the_profile_values(name, tmp_path):
     assert read_yaml(params) == expected
 
 
-@pytest.mark.parametrize("name", ["smoke", "voc"])
+@pytest.mark.parametrize("name", ["smoke", "voc", "scratch", "toy-original"])
 def test_profiles_hold_only_real_parameters(name):
     over = profile_overrides(name)
     assert over, f"profile {name} is empty"

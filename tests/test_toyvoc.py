@@ -63,7 +63,7 @@ def test_voc_layout_and_palette_mode(tmp_path):
 
 def test_labels_values_counts_and_sizes_over_many_images():
     spec = SCRATCH.dataset.toy.replace(num_classes=20, num_train=40, num_val=2, min_size=64, max_size=112,
-                                          max_objects=3)
+                                       max_objects=3, object_scale=[0.17, 0.3], repeat=0.0)
     counts, heights, widths = [], set(), set()
     for i in range(40):
         rgb, mask = render_sample(spec, "train", i)
@@ -136,3 +136,62 @@ def test_class_names():
 def test_unknown_split_is_rejected():
     with pytest.raises(ValueError, match="split"):
         render_sample(SMALL, "test", 0)
+
+
+def _mask_stats(spec, n=24):
+    from pipeline.calibration import DataStats, mask_statistics
+
+    stats = DataStats()
+    for i in range(n):
+        stats.add(mask_statistics(render_sample(spec, "train", i)[1]))
+    return stats.summary()
+
+
+def test_calibration_knobs_move_the_statistics_they_name():
+    base = SCRATCH.dataset.toy.replace(num_classes=20, min_size=96, max_size=128, max_objects=4, repeat=0.0,
+                                       object_scale=[0.17, 0.3])
+    small, large = _mask_stats(base), _mask_stats(base.replace(object_scale=[0.35, 0.5]))
+    assert large["fg_fraction"] > 1.5 * small["fg_fraction"]
+    assert large["object_size_median"] > 2 * small["object_size_median"]
+    # repeat 1: every further object is another instance of a class already there, so one class per image
+    assert _mask_stats(base.replace(repeat=1.0))["classes_per_image"] == 1.0
+    assert _mask_stats(base)["classes_per_image"] > 1.2
+
+
+def test_texture_strength_scales_the_body_modulation():
+    spec = SCRATCH.dataset.toy.replace(num_classes=6, min_size=96, max_size=128, max_objects=1, boundary=0,
+                                       clutter=0, object_scale=[0.17, 0.3], body_saturation=[0.3, 0.6])
+
+    def body_spread(texture):
+        spreads = []
+        for i in range(6):
+            rgb, mask = render_sample(spec.replace(texture=texture), "train", i)
+            (k,) = labels_from_mask(mask, 6)
+            d = _design(k)
+            part = np.zeros(mask.shape, bool)
+            for c in (d.colour_a, d.colour_b):
+                part |= np.abs(rgb.astype(int) - np.array(c)).max(-1) < 40
+            body = (mask == k) & ~part
+            spreads.append(rgb[body].astype(float).std(0).mean())
+        return float(np.median(spreads))
+
+    flat, full = body_spread(0.0), body_spread(1.0)
+    assert flat < 8 < full  # a flat body keeps only the pixel noise (std 4) and the JPEG's rounding
+
+
+def test_clutter_takes_scene_colours_when_it_does_not_take_body_colours():
+    from pipeline.data.toyvoc import SCENES, _clutter
+
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32) + 0.5
+    checked = 0
+    for seed in range(5):
+        img = np.full((64, 64, 3), -1.0, np.float32)
+        _clutter(np.random.default_rng(seed), img, 64, 64, yy, xx, body_colours=0.0, scene=2, texture=0.0)
+        painted = img[(img >= 0).all(-1)]
+        if not len(painted):
+            continue  # the shape fell outside the image
+        (colour,) = np.unique(painted, axis=0)  # texture 0: one flat colour
+        _, _, c1, c2 = SCENES[2]
+        assert min(np.abs(colour - np.array(c)).max() for c in (c1, c2)) <= 18  # a jittered scene colour
+        checked += 1
+    assert checked >= 3

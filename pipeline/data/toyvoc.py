@@ -19,6 +19,14 @@ What makes it a WSSS benchmark rather than a colour-lookup task:
   Placement keeps at least half of each earlier body and most of its part visible.
 - **VOC-like ignore band.** ``boundary`` pixels along every object boundary are 255 in the mask.
 
+The knobs that place the set beside VOC (``dataset.toy``; chosen by stage ``calibrate``'s figures, README
+"Calibration"): ``object_scale`` (body radius range: VOC's objects run from specks to most of the image),
+``max_objects`` and ``repeat`` (further instances of a class already present), ``classes_per_body`` (how many
+classes share one body appearance, so how much class evidence the body carries), ``texture`` (body texture
+strength), ``body_saturation`` (how far bodies stand out from the muted scenes) and ``clutter_body_colours``
+(how often a distractor wears a body colour rather than its scene's). At the values of
+``profiles/toy-original.yaml`` the generator gives the bytes it gave before these knobs existed.
+
 Determinism: image ``index`` of ``split`` is drawn from ``numpy.random.default_rng([seed, split, index])``
 and JPEGs are encoded with fixed settings, so the same spec gives byte-identical files, in any order
 and in parallel. The class designs depend only on the class index (not on the seed).
@@ -104,14 +112,14 @@ def toy_class_names(num_classes: int) -> list[str]:
     return ["background", *TOY_CLASS_NAMES[:num_classes]]
 
 
-def num_body_groups(num_classes: int) -> int:
-    """About four classes share a body appearance (at least 2 groups, at most 30 distinct ones)."""
-    return min(30, max(2, math.ceil(num_classes / 4)))
+def num_body_groups(num_classes: int, per_body: int = 4) -> int:
+    """About ``per_body`` classes share a body appearance (at least 2 groups, at most 30 distinct ones)."""
+    return min(30, max(2, math.ceil(num_classes / per_body)))
 
 
-def body_group(index: int, num_classes: int) -> int:
+def body_group(index: int, num_classes: int, per_body: int = 4) -> int:
     """Body group of class ``index`` (1..C); classes of one group differ only by their part."""
-    return (index - 1) % num_body_groups(num_classes)
+    return (index - 1) % num_body_groups(num_classes, per_body)
 
 
 def sample_id(split: str, index: int) -> str:
@@ -239,26 +247,27 @@ def _part_pattern(pattern: str, pu: np.ndarray, pv: np.ndarray, r: float) -> np.
     raise ValueError(pattern)  # pragma: no cover
 
 
-def _body_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
+def _body_colour(rng: np.random.Generator, hue: float, saturation: Sequence[float] = (0.3, 0.6)) -> np.ndarray:
     h = (hue + rng.uniform(-0.035, 0.035)) % 1.0
-    rgb = colorsys.hsv_to_rgb(h, rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.85))
+    rgb = colorsys.hsv_to_rgb(h, rng.uniform(*saturation), rng.uniform(0.45, 0.85))
     return np.array(rgb, np.float32) * 255
 
 
 def _texture_factor(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, a: float,
-                    kind: str | None = None) -> np.ndarray:
+                    kind: str | None = None, strength: float = 1.0) -> np.ndarray:
     """Brightness modulation of a body, drawn from the texture pool shared by all classes (``kind`` fixes
-    the texture; the draw still happens, so the random stream is the same either way)."""
+    the texture; the draw still happens, so the random stream is the same either way). ``strength`` scales
+    the modulation's amplitude (0 = a flat body)."""
     drawn = BODY_TEXTURES[int(rng.integers(len(BODY_TEXTURES)))]
     kind = kind or drawn
     ang = rng.uniform(0, 2 * math.pi)
     proj = u * math.cos(ang) + v * math.sin(ang)
     if kind == "shade":
-        return 1 + 0.2 * proj / a
+        return 1 + strength * (0.2 * proj / a)
     if kind == "stripes":
-        return 1 + 0.1 * np.sin(2 * math.pi * proj / rng.uniform(4, 8))
+        return 1 + strength * (0.1 * np.sin(2 * math.pi * proj / rng.uniform(4, 8)))
     h, w = u.shape
-    return 1 + 0.28 * (_noise(rng, h, w, rng.uniform(2, 4)) - 0.5)
+    return 1 + strength * (0.28 * (_noise(rng, h, w, rng.uniform(2, 4)) - 0.5))
 
 
 @dataclass
@@ -276,15 +285,18 @@ class _Placed:
 
 def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: int, w: int,
                  yy: np.ndarray, xx: np.ndarray, scale: float, tries: int = 10,
-                 look: tuple[str, float, str] | None = None) -> _Placed | None:
+                 look: tuple[str, float, str] | None = None, radius_range: Sequence[float] = (0.17, 0.3),
+                 texture: float = 1.0, saturation: Sequence[float] = (0.3, 0.6)) -> _Placed | None:
     """Draw one object at a random pose with its part fully inside the image (None if that fails).
 
     The body's shape and hue come from its body ``group`` and its texture from the shared pool, unless
-    ``look`` = (shape, hue, texture) fixes all three (the pretraining corpus's classes)."""
+    ``look`` = (shape, hue, texture) fixes all three (the pretraining corpus's classes). The body's radius is
+    drawn from ``radius_range`` (fractions of the shorter side) times ``scale``; ``texture`` scales the body
+    texture's amplitude; ``saturation`` is the range of the body colour's HSV saturation."""
     shape = BODY_SHAPES[group % len(BODY_SHAPES)] if look is None else look[0]
     hue = BODY_HUES[group % len(BODY_HUES)] if look is None else look[1]
     side = min(h, w)
-    radius = rng.uniform(0.17, 0.3) * side * scale
+    radius = rng.uniform(*radius_range) * side * scale
     a = radius
     b = radius * (rng.uniform(0.5, 0.75) if shape == "capsule" else rng.uniform(0.6, 0.9))
     rp = max(4.0, radius * rng.uniform(0.36, 0.46))
@@ -303,22 +315,31 @@ def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: i
     body = _body_mask(shape, u, v, a, b, rng.uniform(0, 2 * math.pi))
     pu, pv = _rotated(yy, xx, py, px, rng.uniform(0, 2 * math.pi))
     part = _part_mask(design.part_shape, pu, pv, rp)
-    colour = _body_colour(rng, hue)[None, None, :] * _texture_factor(rng, u, v, a, look and look[2])[..., None]
+    colour = _body_colour(rng, hue, saturation)[None, None, :] * _texture_factor(rng, u, v, a, look and look[2],
+                                                                      texture)[..., None]
     use_b = _part_pattern(design.pattern, pu, pv, rp)
     part_rgb = np.where(use_b[..., None], _jitter(rng, design.colour_b, 12), _jitter(rng, design.colour_a, 12))
     colour = np.where(part[..., None], part_rgb, colour).astype(np.float32)
     return _Placed(design.index, body, part, colour)
 
 
-def _clutter(rng: np.random.Generator, img: np.ndarray, h: int, w: int, yy: np.ndarray, xx: np.ndarray) -> None:
-    """Unlabelled distractor: a small body-like shape (shared shapes, colours, textures), in place."""
+def _clutter(rng: np.random.Generator, img: np.ndarray, h: int, w: int, yy: np.ndarray, xx: np.ndarray,
+             body_colours: float = 1.0, scene: int = 0, texture: float = 1.0,
+             saturation: Sequence[float] = (0.3, 0.6)) -> None:
+    """Unlabelled distractor, in place: a small body-like shape with a body texture. Its colour comes from a
+    body colour family with probability ``body_colours`` (then it looks like an object's body), else from
+    the colours of ``scene`` (a shape of the background's own stuff); body colours and textures as the bodies'
+    (``saturation``, ``texture``). At ``body_colours`` 1 no extra random draw is made."""
     shape = BODY_SHAPES[int(rng.integers(len(BODY_SHAPES)))]
     a = rng.uniform(0.06, 0.13) * min(h, w)
     b = a * rng.uniform(0.5, 0.9)
     u, v = _rotated(yy, xx, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, 2 * math.pi))
     inside = _body_mask(shape, u, v, a, b, rng.uniform(0, 2 * math.pi))
-    colour = _body_colour(rng, BODY_HUES[int(rng.integers(len(BODY_HUES)))])
-    img[inside] = (colour[None, None, :] * _texture_factor(rng, u, v, a)[..., None])[inside]
+    if body_colours >= 1 or rng.random() < body_colours:
+        colour = _body_colour(rng, BODY_HUES[int(rng.integers(len(BODY_HUES)))], saturation)
+    else:
+        colour = _jitter(rng, SCENES[scene][2 + int(rng.integers(2))], 18)
+    img[inside] = (colour[None, None, :] * _texture_factor(rng, u, v, a, strength=texture)[..., None])[inside]
 
 
 def _dilate_box(mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -368,20 +389,25 @@ def render_sample(spec: ToySpec, split: str, index: int) -> tuple[np.ndarray, np
     counts = np.arange(1, spec.max_objects + 1)
     n_obj = int(rng.choice(counts, p=(1 / counts) / (1 / counts).sum()))
     classes = [int(c) for c in rng.integers(1, spec.num_classes + 1, n_obj)]
+    if spec.repeat > 0:  # further instances of a class already present (VOC's people, sheep, bottles)
+        for k in range(1, n_obj):
+            if rng.random() < spec.repeat:
+                classes[k] = classes[int(rng.integers(k))]
     scene = _design(classes[0]).scene if rng.random() < spec.context else int(rng.integers(len(SCENES)))
 
     img = _render_scene(rng, scene, h, w, yy, xx)
     for _ in range(int(rng.integers(0, spec.clutter + 1))):
-        _clutter(rng, img, h, w, yy, xx)
+        _clutter(rng, img, h, w, yy, xx, spec.clutter_body_colours, scene, spec.texture, spec.body_saturation)
 
     label = np.zeros((h, w), np.uint8)
     placed: list[_Placed] = []
     scale = 1.0 if n_obj == 1 else 0.8
     for k, cls in enumerate(classes):
         design = _design(cls)
-        group = body_group(cls, spec.num_classes)
+        group = body_group(cls, spec.num_classes, spec.classes_per_body)
         for _attempt in range(12):
-            obj = _make_object(rng, design, group, h, w, yy, xx, scale)
+            obj = _make_object(rng, design, group, h, w, yy, xx, scale, radius_range=spec.object_scale,
+                               texture=spec.texture, saturation=spec.body_saturation)
             if obj is not None and _keeps_earlier_visible(obj, placed):
                 break
             obj = None

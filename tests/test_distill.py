@@ -1,0 +1,130 @@
+"""Distillation from an ImageNet CNN during pretraining: the two terms on hand-computable cases, the student's
+token layout, the teacher's feature level, the hand-over of a plain ViT, and the loop with a teacher."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ConfigError, defaults
+from pipeline.distill import (DistilledViT, Teacher, build_teacher, feature_distillation, logit_distillation,
+                              standardise)
+from pipeline.pretrain import backbone_state, build_vit, pretrain_vit
+
+SCRATCH = defaults("scratch")
+ARCH = SCRATCH.classifier.replace(img_size=32, patch_size=8, depth=2, cam_layers=1)
+TINY = SCRATCH.pretrain.replace(num_classes=4, image_size=24, epochs=1, batch_size=4, warmup_epochs=0)
+
+
+def _teacher(stride=8):
+    import timm
+
+    torch.manual_seed(0)
+    return Teacher(timm.create_model("tf_efficientnet_lite0", pretrained=False), stride)
+
+
+def test_logit_term_is_t_squared_kl_of_the_softened_predictions():
+    # teacher softmax at T = 1: [3/4, 1/4]; student: [1/2, 1/2]; KL = 3/4 ln(3/2) + 1/4 ln(1/2)
+    teacher = torch.tensor([[math.log(3.0), 0.0]])
+    student = torch.zeros(1, 2)
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert logit_distillation(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # at T = 2 the teacher's logits halve: softmax [sqrt3 / (sqrt3 + 1), 1 / (sqrt3 + 1)], and the KL is scaled by 4
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    expected_t2 = 4 * (p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p)))
+    assert logit_distillation(student, teacher, 2.0).item() == pytest.approx(expected_t2, rel=1e-6)
+    assert logit_distillation(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_feature_term_regresses_each_location_standardised_over_channels():
+    # one location with channels [1, 2, 3]: mean 2, (biased) std sqrt(2/3) -> [-1.2247, 0, 1.2247]
+    teacher = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    target = standardise(teacher)
+    assert target.shape == (1, 1, 3)
+    torch.testing.assert_close(target[0, 0], torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(1.5), atol=1e-4, rtol=0)
+    assert feature_distillation(target, teacher).item() == pytest.approx(0.0, abs=1e-8)
+    # a zero prediction misses by the target's mean square, which is 1 after standardising
+    assert feature_distillation(torch.zeros(1, 1, 3), teacher).item() == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="do not match the student's tokens"):
+        feature_distillation(torch.zeros(1, 4, 3), teacher)
+    # brought to a 2 x 2 grid, the single location is copied to all four tokens
+    assert feature_distillation(target.expand(1, 4, 3), teacher, (2, 2)).item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_teacher_maps_are_pooled_or_resized_to_the_token_grid():
+    from pipeline.distill import to_grid
+
+    fine = torch.arange(16.0).view(1, 1, 4, 4)
+    torch.testing.assert_close(to_grid(fine, (2, 2))[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+    coarse = torch.tensor([[[[0.0, 4.0]]]])  # 1 x 2 -> 1 x 4: bilinear, half-pixel centres
+    torch.testing.assert_close(to_grid(coarse, (1, 4))[0, 0, 0], torch.tensor([0.0, 1.0, 3.0, 4.0]))
+
+
+def test_student_puts_the_distillation_token_after_the_class_token():
+    torch.manual_seed(0)
+    student = DistilledViT(build_vit(ARCH, TINY, 4), teacher_classes=7, feature_dim=5)
+    logits, dist, feats = student(torch.randn(2, 3, 24, 24))
+    assert logits.shape == (2, 4) and dist.shape == (2, 7) and feats.shape == (2, 9, 5)  # 24 / 8 = 3x3 tokens
+    x = torch.randn(2, 3, 24, 24)
+    before = student(x)[0]
+    with torch.no_grad():
+        student.dist_token.add_(torch.randn_like(student.dist_token))  # (a constant shift the norms remove)
+    assert not torch.allclose(student(x)[0], before)  # the class token attends to the distillation token
+    bare = DistilledViT(build_vit(ARCH, TINY, 4), teacher_classes=0, feature_dim=0)
+    assert bare(torch.randn(1, 3, 24, 24))[1:] == (None, None)
+
+
+def test_the_weights_file_holds_the_plain_vit():
+    torch.manual_seed(0)
+    student = DistilledViT(build_vit(ARCH, TINY, 4), teacher_classes=7, feature_dim=5)
+    state = backbone_state(student)
+    assert not any("dist" in k or k.startswith(("head", "vit.")) for k in state)
+    plain = build_vit(ARCH, TINY, 4)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert unexpected == [] and set(missing) == {"head.weight", "head.bias"}
+
+
+def test_teacher_gives_logits_and_the_deepest_level_of_its_stride_and_stays_in_eval():
+    teacher = _teacher(16)
+    assert teacher.channels == 112  # tf_efficientnet_lite0: blocks.4 (stride 16) has 112 channels, blocks.3 80
+    teacher.train()
+    assert not teacher.cnn.training
+    logits, feats = teacher(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 1000) and feats.shape == (2, 112, 4, 4)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="not a feature stride"):
+        _teacher(64)
+
+
+def test_build_teacher_names_the_key_when_the_file_is_missing_or_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert build_teacher(TINY.replace(teacher="none")) is None
+    with pytest.raises(ConfigError, match="pretrain.teacher: weights file .*absent.pth not found"):
+        build_teacher(TINY.replace(teacher="absent.pth"))
+    (tmp_path / "weights").mkdir()
+    torch.save({"conv_stem.weight": torch.zeros(1)}, tmp_path / "weights" / "wrong.pth")
+    with pytest.raises(ConfigError, match="pretrain.teacher: .*does not fit"):
+        build_teacher(TINY.replace(teacher="wrong.pth"))
+
+
+def test_a_teacher_needs_a_term():
+    with pytest.raises(ConfigError, match="distill_logits > 0 or distill_features > 0"):
+        TINY.replace(teacher="efficientnet_lite0.pth", distill_logits=0.0, distill_features=0.0)
+
+
+def test_pretraining_with_a_teacher_logs_both_terms_and_the_terms_change_the_weights():
+    from pipeline.data.corpus import corpus_classes, render_chunk
+
+    torch.set_num_threads(1)
+    data = render_chunk(("train", 0, 8), corpus_classes(4), seed=0, size=24)
+    teacher = _teacher(8)
+    cfg = TINY.replace(teacher="efficientnet_lite0.pth")
+    model, history = pretrain_vit(ARCH, cfg, data, data, 4, torch.device("cpu"), progress=False, teacher=teacher)
+    assert isinstance(model, DistilledViT)
+    assert all(np.isfinite(history[-1][k]) and history[-1][k] > 0 for k in ("distill_logits", "distill_features"))
+    plain, plain_history = pretrain_vit(ARCH, TINY, data, data, 4, torch.device("cpu"), progress=False)
+    assert "distill_logits" not in plain_history[-1]
+    a, b = backbone_state(model), backbone_state(plain)
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
