@@ -38,6 +38,7 @@ WEIGHT_KEYWORDS = ("none", "timm", "imagenet")  # none: random init; timm / imag
 TOY_ROOT = "data/toyvoc/VOCdevkit/VOC2012"  # where stage generate_toy writes the toy set (dataset.root of toyvoc)
 PRETRAINED_VIT = "pretrained_vit.pth"  # written under weights/ by stage pretrain (the classifier's start)
 IMAGENET_CNN = "efficientnet_lite0.pth"  # written under weights/ by stage import_weights (the CNNs' start)
+IMAGENET_CNN_BACKBONE = "tf_efficientnet_lite0"  # the timm network IMAGENET_CNN's whole state dict fits
 BUILT_WEIGHTS = {PRETRAINED_VIT: "pretrain", IMAGENET_CNN: "import_weights"}  # weights file -> its stage
 
 

@@ -1,7 +1,7 @@
 """ImageNet knowledge for the pretrained ViT: DeiT-style distillation from an ImageNet CNN during stage pretrain.
 
 The toy's ViT is pretrained on the generated corpus, which teaches it to find the part marks that name a class
-but not to group an object's pixels (README, "Why the toy ViT's attention does not group"). The paper's DeiT-S
+but not to group an object's pixels (README, "What the toy run gives"). The paper's DeiT-S
 starts from ImageNet, and so can ours, through a teacher: the ImageNet EfficientNet-Lite0 the project ships
 (``pretrain.teacher``). While the ViT learns the corpus classes, two extra terms pass the teacher's knowledge on:
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Pretrain, weights_file
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 class DistilledViT(nn.Module):
@@ -35,8 +36,10 @@ class DistilledViT(nn.Module):
 
     def __init__(self, vit: nn.Module, teacher_classes: int, feature_dim: int):
         super().__init__()
-        if getattr(vit, "num_prefix_tokens", 1) != 1 or getattr(vit, "no_embed_class", False):
-            raise ValueError("distillation needs a plain ViT with one class token (timm vit_* / deit_*)")
+        if (getattr(vit, "num_prefix_tokens", 1) != 1 or getattr(vit, "no_embed_class", False)
+                or getattr(vit, "global_pool", "token") != "token" or not isinstance(vit.patch_drop, nn.Identity)):
+            raise ValueError("distillation needs a plain ViT that classifies from its one class token, without "
+                             "patch dropout (timm vit_* / deit_* with global_pool='token')")
         self.vit = vit
         dim = vit.embed_dim
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -60,10 +63,22 @@ class DistilledViT(nn.Module):
 
 class Teacher(nn.Module):
     """A frozen timm CNN, always in eval mode, giving its ImageNet logits and its feature map at ``stride`` (the
-    deepest level of that reduction in the network's ``feature_info``)."""
+    deepest level of that reduction in the network's ``feature_info``).
+
+    It takes the student's input (ImageNet mean / std) and re-normalises it to the mean / std its weights were
+    trained with (timm's ``pretrained_cfg``: 0.5 / 0.5 for ``tf_efficientnet_lite0``, whose shipped weights name
+    a Persian cat, a ram and a beagle in VOC samples where ImageNet's normalisation names a ferret, a penguin
+    and a quilt)."""
 
     def __init__(self, cnn: nn.Module, stride: int):
         super().__init__()
+        cfg = getattr(cnn, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        # x_teacher = (x * s_in + m_in - m) / s = x * scale + shift, per channel
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
         self.cnn = cnn.eval()
         for p in self.cnn.parameters():
             p.requires_grad_(False)
@@ -79,8 +94,8 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> (ImageNet logits (B, classes), features (B, C, H / stride, W / stride))."""
-        final, features = self.cnn.forward_intermediates(x, indices=[self.level])
+        """(B, 3, H, W) ImageNet-normalised -> (logits (B, classes), features (B, C, H / stride, W / stride))."""
+        final, features = self.cnn.forward_intermediates(x * self.scale + self.shift, indices=[self.level])
         return self.cnn.forward_head(final), features[0]
 
 

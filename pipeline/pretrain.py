@@ -134,8 +134,9 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
                  progress: bool = True, teacher: Teacher | None = None) -> tuple[nn.Module, list[dict]]:
     """Train on ``train`` = (images (N, S, S, 3) uint8, labels (N,)) for ``cfg.epochs`` epochs; ``val`` gives
     the per-epoch top-1 accuracy (main process). ``resume`` / ``on_epoch(epoch, metrics, state)`` as in
-    :func:`pipeline.train_affinity.train_affinitynet`; ``teacher`` adds the distillation terms. Returns the
-    unwrapped model (a :class:`DistilledViT` with a teacher) and the history."""
+    :func:`pipeline.train_affinity.train_affinitynet`; ``teacher`` adds the distillation terms (the history's
+    ``loss`` is then the total, beside each term's own mean). Returns the unwrapped model (a
+    :class:`DistilledViT` with a teacher) and the history."""
     images, labels = train
     seed_everything(cfg.seed)
     model = build_student(model_cfg, cfg, num_classes, teacher).to(device)

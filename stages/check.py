@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import (BUILT_WEIGHTS, IMAGENET_CNN, PRETRAINED_VIT, TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset,
-                             Params, Runtime, weights_file)
+from pipeline.config import (BUILT_WEIGHTS, IMAGENET_CNN, IMAGENET_CNN_BACKBONE, PRETRAINED_VIT, TOY_ROOT, WEIGHTS_DIR,
+                             ConfigError, Dataset, Params, Runtime, weights_file)
 from pipeline.io import DataError, write_json
 from stages._common import CHECKED, stage_main
 
@@ -95,6 +95,10 @@ def check_built_weights(params: Params, dotted: str, value: str) -> None:
     if dotted not in fits[value]:
         raise ConfigError(f"{dotted}: {value} (written by stage {BUILT_WEIGHTS[value]}) is for "
                           f"{' / '.join(fits[value])}, not for {dotted}")
+    if dotted == "pretrain.teacher" and params.pretrain.teacher_backbone != IMAGENET_CNN_BACKBONE:
+        raise ConfigError(f"pretrain.teacher: {value} holds a whole {IMAGENET_CNN_BACKBONE}, not "
+                          f"pretrain.teacher_backbone {params.pretrain.teacher_backbone!r} (set it to "
+                          f"{IMAGENET_CNN_BACKBONE}, or name another teacher)")
     if value == PRETRAINED_VIT and not params.pretrain.enabled:
         raise ConfigError(f"{dotted}: {value} is written by stage pretrain, which pretrain.enabled: false skips "
                           "(set classifier.pretrained: none, or pretrain.enabled: true)")

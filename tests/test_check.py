@@ -102,3 +102,8 @@ def test_weights_written_by_a_stage_need_no_file_but_must_fit(tmp_path, monkeypa
         run(_params(dataset=ds, seg={"encoder_weights": "pretrained_vit.pth"}))
     with pytest.raises(ConfigError, match="classifier.pretrained: efficientnet_lite0.pth"):
         run(_params(dataset=ds, classifier={"pretrained": "efficientnet_lite0.pth"}))
+    run(_params(dataset=ds, pretrain={"teacher": "efficientnet_lite0.pth"}))
+    with pytest.raises(ConfigError, match="pretrain.teacher: efficientnet_lite0.pth holds a whole tf_efficientnet"):
+        run(_params(dataset=ds, pretrain={"teacher": "efficientnet_lite0.pth", "teacher_backbone": "resnet18"}))
+    with pytest.raises(ConfigError, match="pretrain.teacher: pretrained_vit.pth .* is for classifier.pretrained"):
+        run(_params(dataset=ds, pretrain={"teacher": "pretrained_vit.pth"}))

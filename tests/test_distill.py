@@ -66,11 +66,17 @@ def test_student_puts_the_distillation_token_after_the_class_token():
     student = DistilledViT(build_vit(ARCH, TINY, 4), teacher_classes=7, feature_dim=5)
     logits, dist, feats = student(torch.randn(2, 3, 24, 24))
     assert logits.shape == (2, 4) and dist.shape == (2, 7) and feats.shape == (2, 9, 5)  # 24 / 8 = 3x3 tokens
+    seen = []
+    student.eval().vit.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
     x = torch.randn(2, 3, 24, 24)
-    before = student(x)[0]
-    with torch.no_grad():
-        student.dist_token.add_(torch.randn_like(student.dist_token))  # (a constant shift the norms remove)
-    assert not torch.allclose(student(x)[0], before)  # the class token attends to the distillation token
+    student(x)
+    tokens = seen[0]  # what the first block sees: [class, distillation, 9 patches], position embeddings added
+    assert tokens.shape == (2, 11, student.vit.embed_dim)
+    vit = student.vit
+    torch.testing.assert_close(tokens[:, 0], (vit.cls_token + vit.pos_embed[:, :1])[0].expand(2, -1))
+    torch.testing.assert_close(tokens[:, 1], (student.dist_token + student.dist_pos_embed)[0].expand(2, -1))
+    patches = vit.patch_embed(x) + vit.pos_embed[:, 1:]
+    torch.testing.assert_close(tokens[:, 2:], patches)
     bare = DistilledViT(build_vit(ARCH, TINY, 4), teacher_classes=0, feature_dim=0)
     assert bare(torch.randn(1, 3, 24, 24))[1:] == (None, None)
 
@@ -113,7 +119,33 @@ def test_a_teacher_needs_a_term():
         TINY.replace(teacher="efficientnet_lite0.pth", distill_logits=0.0, distill_features=0.0)
 
 
-def test_pretraining_with_a_teacher_logs_both_terms_and_the_terms_change_the_weights():
+def test_the_loss_is_cross_entropy_plus_the_weighted_terms_and_both_terms_reach_the_blocks():
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from pipeline.pretrain import build_student, pretrain_loss
+
+    torch.manual_seed(0)
+    teacher = _teacher(16)
+    cfg = TINY.replace(teacher="efficientnet_lite0.pth", distill_logits=0.5, distill_features=2.0)
+    student = build_student(ARCH, cfg, 4, teacher)
+    x, y = torch.randn(3, 3, 24, 24), torch.tensor([0, 1, 3])
+    loss, logits, terms = pretrain_loss(student, teacher, x, y, cfg, ARCH.patch_size, contextlib.nullcontext)
+    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    assert loss.item() == pytest.approx(ce.item() + 0.5 * terms["distill_logits"] + 2.0 * terms["distill_features"],
+                                        rel=1e-6)
+    for name in ("distill_logits", "distill_features"):  # each term alone sends a gradient into the blocks
+        student.zero_grad()
+        _, dist_logits, features = student(x)
+        t_logits, t_features = teacher(x)
+        term = (logit_distillation(dist_logits, t_logits, 2.0) if name == "distill_logits"
+                else feature_distillation(features, t_features, (3, 3)))
+        term.backward()
+        assert student.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0, name
+
+
+def test_pretraining_with_a_teacher_logs_both_terms_and_hands_over_the_plain_vit():
     from pipeline.data.corpus import corpus_classes, render_chunk
 
     torch.set_num_threads(1)
@@ -125,6 +157,17 @@ def test_pretraining_with_a_teacher_logs_both_terms_and_the_terms_change_the_wei
     assert all(np.isfinite(history[-1][k]) and history[-1][k] > 0 for k in ("distill_logits", "distill_features"))
     plain, plain_history = pretrain_vit(ARCH, TINY, data, data, 4, torch.device("cpu"), progress=False)
     assert "distill_logits" not in plain_history[-1]
-    a, b = backbone_state(model), backbone_state(plain)
-    assert a.keys() == b.keys()
-    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert backbone_state(model).keys() == backbone_state(plain).keys()
+
+
+def test_teacher_renormalises_the_students_input_to_its_own_mean_and_std():
+    from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+
+    teacher = _teacher(16)  # tf_efficientnet_lite0: mean = std = 0.5
+    seen = []
+    teacher.cnn.conv_stem.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    # a pixel of value v (0..1) is (v - m) / s for the student and must reach the teacher as (v - 0.5) / 0.5
+    v = torch.tensor([0.0, 0.25, 1.0]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    student_input = (v - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    teacher(student_input)
+    torch.testing.assert_close(seen[0][0, :, 0, 0], torch.tensor([-1.0, -0.5, 1.0]), atol=1e-6, rtol=0)

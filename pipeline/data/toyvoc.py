@@ -6,7 +6,7 @@ What makes it a WSSS benchmark rather than a colour-lookup task:
 - **Part and body.** Every object is a large *body* plus a small *discriminative part* (a two-colour
   mark such as a ring, a checker or stripes, attached at one end of the body, like a head). The part's
   pattern and colours identify the class. The body's shape family and colour family are shared by a
-  *body group* of classes (about four classes per group), and its texture (shading, stripes, speckle)
+  *body group* of classes (``classes_per_body`` classes per group), and its texture (shading, stripes, speckle)
   is drawn per instance from a pool shared by every class. A classifier therefore keys on the part and
   learns only group-level evidence from the body: raw CAMs under-activate the body, while the body is
   visually coherent (one colour family, gentle texture) so colour-affinity refinement (PAR, CRF,
@@ -14,7 +14,8 @@ What makes it a WSSS benchmark rather than a colour-lookup task:
 - **Context.** Backgrounds are textured scenes (noise, stripes, blobs, gradients, tiles; eight named
   scenes such as grass or water). Each class has a typical scene that appears behind it with
   probability ``context``, so CAMs can spill into co-occurring context.
-- **Clutter.** Unlabelled distractor shapes with body-like colours and textures lie in the background.
+- **Clutter.** Unlabelled distractor shapes with body textures lie in the background, in a body colour family
+  (with probability ``clutter_body_colours``) or in their scene's colours.
 - **Occlusion.** Objects are drawn in order, later over earlier; the mask holds the visible pixels.
   Placement keeps at least half of each earlier body and most of its part visible.
 - **VOC-like ignore band.** ``boundary`` pixels along every object boundary are 255 in the mask.

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import IMAGENET_CNN_BACKBONE
 from pipeline.io import DataError, file_sha256
 
-TIMM_NAME = "tf_efficientnet_lite0"
+TIMM_NAME = IMAGENET_CNN_BACKBONE
 PACKAGE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # inside a block: depthwise-separable (no expansion) and inverted-residual (with _expand_conv) layouts
