@@ -62,6 +62,7 @@ def run(params: Params) -> None:
     if not cfg.enabled:
         write_skipped()
         return
+    teacher = build_teacher(cfg)  # a missing or unfitting teacher stops the stage before the corpus is rendered
     classes = corpus_classes(cfg.num_classes)
     started = time.perf_counter()
     train = render_split(params, classes, "train", cfg.num_classes * cfg.images_per_class)
@@ -71,7 +72,6 @@ def run(params: Params) -> None:
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
     arch_keys = {k: getattr(arch, k) for k in ("backbone", "patch_size", "depth")}
-    teacher = build_teacher(cfg)
     tag = run_tag("stages.pretrain", {"pretrain": cfg.model_dump(), "classifier": arch_keys, "device": device.type,
                                       "world": dist.world_size}, [weights_file(cfg.teacher)])
     checkpoint = Checkpoint(CHECKPOINT, tag, "pretrain", dist)

@@ -12,6 +12,9 @@ from pipeline.distill import (DistilledViT, Teacher, build_teacher, feature_dist
                               standardise)
 from pipeline.pretrain import backbone_state, build_vit, pretrain_vit
 
+# every test builds timm networks from random weights: the offline fixture makes any hub fetch fail loudly
+pytestmark = pytest.mark.usefixtures("offline")
+
 SCRATCH = defaults("scratch")
 ARCH = SCRATCH.classifier.replace(img_size=32, patch_size=8, depth=2, cam_layers=1)
 TINY = SCRATCH.pretrain.replace(num_classes=4, image_size=24, epochs=1, batch_size=4, warmup_epochs=0)

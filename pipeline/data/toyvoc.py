@@ -78,6 +78,10 @@ SCENES: tuple[tuple[str, str, tuple[int, int, int], tuple[int, int, int]], ...] 
     ("room", "stripes", (135, 125, 115), (175, 165, 150)),
 )
 MAX_CLASSES = 254
+# The original generator's body radius range (fraction of the shorter side) and body saturation range: the
+# defaults of the drawing helpers, so the corpus and profiles/toy-original.yaml keep their images.
+RADIUS_RANGE = (0.17, 0.3)
+SATURATION_RANGE = (0.3, 0.6)
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ def _part_pattern(pattern: str, pu: np.ndarray, pv: np.ndarray, r: float) -> np.
     raise ValueError(pattern)  # pragma: no cover
 
 
-def _body_colour(rng: np.random.Generator, hue: float, saturation: Sequence[float] = (0.3, 0.6)) -> np.ndarray:
+def _body_colour(rng: np.random.Generator, hue: float, saturation: Sequence[float] = SATURATION_RANGE) -> np.ndarray:
     h = (hue + rng.uniform(-0.035, 0.035)) % 1.0
     rgb = colorsys.hsv_to_rgb(h, rng.uniform(*saturation), rng.uniform(0.45, 0.85))
     return np.array(rgb, np.float32) * 255
@@ -286,8 +290,8 @@ class _Placed:
 
 def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: int, w: int,
                  yy: np.ndarray, xx: np.ndarray, scale: float, tries: int = 10,
-                 look: tuple[str, float, str] | None = None, radius_range: Sequence[float] = (0.17, 0.3),
-                 texture: float = 1.0, saturation: Sequence[float] = (0.3, 0.6)) -> _Placed | None:
+                 look: tuple[str, float, str] | None = None, radius_range: Sequence[float] = RADIUS_RANGE,
+                 texture: float = 1.0, saturation: Sequence[float] = SATURATION_RANGE) -> _Placed | None:
     """Draw one object at a random pose with its part fully inside the image (None if that fails).
 
     The body's shape and hue come from its body ``group`` and its texture from the shared pool, unless
@@ -326,7 +330,7 @@ def _make_object(rng: np.random.Generator, design: ClassDesign, group: int, h: i
 
 def _clutter(rng: np.random.Generator, img: np.ndarray, h: int, w: int, yy: np.ndarray, xx: np.ndarray,
              body_colours: float = 1.0, scene: int = 0, texture: float = 1.0,
-             saturation: Sequence[float] = (0.3, 0.6)) -> None:
+             saturation: Sequence[float] = SATURATION_RANGE) -> None:
     """Unlabelled distractor, in place: a small body-like shape with a body texture. Its colour comes from a
     body colour family with probability ``body_colours`` (then it looks like an object's body), else from
     the colours of ``scene`` (a shape of the background's own stuff); body colours and textures as the bodies'
