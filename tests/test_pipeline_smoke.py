@@ -258,14 +258,16 @@ def test_the_readme_profile_commands_work_as_written(smoke_repo):
     commands = [ln.split("#")[0].strip() for ln in readme.splitlines() if "$(python -m pipeline.config set-args" in ln
                 and ln.startswith("dvc exp run")]
     profiles = [c.split("set-args ")[1].split(")")[0] for c in commands]
-    assert profiles == ["smoke", "scratch", "voc", "voc"]
+    assert profiles == ["smoke", "scratch", "toy-original", "voc", "voc"]
     r = _run(commands[0], smoke_repo)
     assert "Running stage" not in r.stdout
     # the scratch profile retrains everything: check that its arguments reach DVC as valid parameters
     scratch = _run(commands[1].split("$(")[1].split(")")[0], smoke_repo).stdout.split()
     assert "-S" in scratch and "classifier.pretrained=none" in scratch and "pretrain.enabled=false" in scratch
+    original = _run(commands[2].split("$(")[1].split(")")[0], smoke_repo).stdout.split()
+    assert "dataset.toy.object_scale=[0.17,0.3]" in original and "pretrain.teacher=none" in original
     before = _lock_outs(smoke_repo)
-    for command in commands[2:]:
+    for command in commands[3:]:
         r = _run(command, smoke_repo, ok=False)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and "unrecognized arguments" not in out and "/data/VOCdevkit/VOC2012" in out, \
