@@ -145,7 +145,7 @@ class CamNet(nn.Module):
         super().__init__()
         import timm
 
-        from pipeline.models import loading_weights
+        from pipeline.models import FromImageNet, backbone_normalisation, loading_weights
 
         model = f"calibration.backbone {backbone!r}"
         with loading_weights("calibration.pretrained", None if hub else source, model):
@@ -157,15 +157,17 @@ class CamNet(nn.Module):
                 self.body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
         self.classifier = nn.Conv2d(self.body.num_features, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
+        self.renormalise = FromImageNet(*backbone_normalisation(backbone))  # the input its ImageNet weights saw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) normalised -> logits (B, C)."""
-        f = self.body.forward_features(x)
+        """x: (B, 3, H, W) ImageNet-normalised (the classifier's tensors) -> logits (B, C)."""
+        f = self.body.forward_features(self.renormalise(x))
         return self.classifier(f.mean((2, 3), keepdim=True)).flatten(1)
 
     def cams(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) normalised -> class activation maps ReLU(W f) (B, C, h, w) at the feature stride."""
-        return F.relu(self.classifier(self.body.forward_features(x)))
+        """x: (B, 3, H, W) ImageNet-normalised -> class activation maps ReLU(W f) (B, C, h, w) at the feature
+        stride."""
+        return F.relu(self.classifier(self.body.forward_features(self.renormalise(x))))
 
 
 def freeze_early_layers(body: nn.Module, stride: int) -> int:

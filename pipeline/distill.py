@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Pretrain, weights_file
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, FromImageNet
 
 
 class DistilledViT(nn.Module):
@@ -73,12 +73,7 @@ class Teacher(nn.Module):
     def __init__(self, cnn: nn.Module, stride: int):
         super().__init__()
         cfg = getattr(cnn, "pretrained_cfg", None) or {}
-        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-        # x_teacher = (x * s_in + m_in - m) / s = x * scale + shift, per channel
-        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
-        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
-        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+        self.renormalise = FromImageNet(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
         self.cnn = cnn.eval()
         for p in self.cnn.parameters():
             p.requires_grad_(False)
@@ -95,7 +90,7 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) ImageNet-normalised -> (logits (B, classes), features (B, C, H / stride, W / stride))."""
-        final, features = self.cnn.forward_intermediates(x * self.scale + self.shift, indices=[self.level])
+        final, features = self.cnn.forward_intermediates(self.renormalise(x), indices=[self.level])
         return self.cnn.forward_head(final), features[0]
 
 

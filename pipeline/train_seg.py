@@ -36,13 +36,10 @@ from torch import nn
 from pipeline.config import Seg
 from pipeline.data.manifest import Sample, validate_mask
 from pipeline.io import DataError, read_label_png, read_rgb
-from pipeline.models.segmenter import IMAGENET_MEAN, param_groups
+from pipeline.models.segmenter import encoder_normalisation, param_groups
 from pipeline.palette import IGNORE_INDEX
 from pipeline.training import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
 from pipeline.progress import progress as progress_bar
-
-MEAN_RGB = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
-
 
 # ----------------------------------------------------------------------------------------------
 # training data
@@ -102,17 +99,22 @@ def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndar
     return img, lab
 
 
-def pad_crop(image: np.ndarray, label: np.ndarray, crop: int, top: int, left: int
+def mean_rgb(encoder: str) -> np.ndarray:
+    """The 0..255 RGB colour the encoder's normalisation maps to zero: what padding adds to a crop."""
+    return np.array(encoder_normalisation(encoder)[0], np.float32) * 255.0
+
+
+def pad_crop(image: np.ndarray, label: np.ndarray, crop: int, top: int, left: int, fill: Sequence[float]
              ) -> tuple[np.ndarray, np.ndarray]:
     """The ``crop`` x ``crop`` window at (top, left) of the image padded to at least the crop size.
 
-    Padding goes right / bottom: images get the ImageNet mean colour, labels 255.
+    Padding goes right / bottom: images get ``fill`` (0..255 RGB: the encoder's mean colour), labels 255.
     Returns image (crop, crop, 3) float32 in 0..255 and label (crop, crop) uint8.
     """
     h, w = label.shape
     ph, pw = max(crop, h), max(crop, w)
     img = np.empty((ph, pw, 3), np.float32)
-    img[:] = MEAN_RGB
+    img[:] = fill
     img[:h, :w] = image
     lab = np.full((ph, pw), IGNORE_INDEX, np.uint8)
     lab[:h, :w] = label
@@ -120,8 +122,8 @@ def pad_crop(image: np.ndarray, label: np.ndarray, crop: int, top: int, left: in
 
 
 def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, crop: int,
-            scale_range: Sequence[float], hflip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One training sample: rescale, flip, pad, crop.
+            scale_range: Sequence[float], hflip: bool, fill: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """One training sample: rescale, flip, pad with ``fill`` (0..255 RGB), crop.
 
     image (H, W, 3) uint8, label (H, W) uint8 -> image (3, crop, crop) float32 in [0, 1],
     label (crop, crop) int64 (255 = ignore).
@@ -133,7 +135,7 @@ def augment(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, crop
     h, w = label.shape
     top = int(rng.integers(0, max(h - crop, 0) + 1))
     left = int(rng.integers(0, max(w - crop, 0) + 1))
-    img, lab = pad_crop(image, label, crop, top, left)
+    img, lab = pad_crop(image, label, crop, top, left, fill)
     return np.ascontiguousarray(img.transpose(2, 0, 1) / 255.0, dtype=np.float32), lab.astype(np.int64)
 
 
@@ -149,6 +151,7 @@ class SegTrainSet(torch.utils.data.Dataset):
                  load: Callable[[object], tuple[np.ndarray, np.ndarray]] | None = None):
         self.items, self.load = list(items), load
         self.crop, self.scale_range, self.hflip, self.seed = cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, seed
+        self.fill = mean_rgb(cfg.encoder)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -160,7 +163,7 @@ class SegTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(self.items[i]) if self.load is not None else self.items[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img, lab = augment(rng, image, label, self.crop, self.scale_range, self.hflip)
+        img, lab = augment(rng, image, label, self.crop, self.scale_range, self.hflip, self.fill)
         return torch.from_numpy(img), torch.from_numpy(lab)
 
 

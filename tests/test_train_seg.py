@@ -10,7 +10,8 @@ import torch
 
 from pipeline.config import Seg, defaults, load_params
 from pipeline.models.segmenter import build_segmenter
-from pipeline.train_seg import MEAN_RGB, SegTrainSet, TrainState, augment, poly_lr, segmentation_loss, train_segmenter
+from pipeline.train_seg import (SegTrainSet, TrainState, augment, mean_rgb, poly_lr, segmentation_loss,
+                                train_segmenter)
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -67,18 +68,19 @@ def test_poly_lr():
 def test_augment_pads_labels_with_255_and_images_with_the_mean():
     image = np.full((10, 12, 3), 200, np.uint8)
     label = np.ones((10, 12), np.uint8)
-    img, lab = augment(np.random.default_rng(0), image, label, crop=16, scale_range=(1.0, 1.0), hflip=False)
+    fill = (10.0, 20.0, 30.0)
+    img, lab = augment(np.random.default_rng(0), image, label, crop=16, scale_range=(1.0, 1.0), hflip=False, fill=fill)
     assert img.shape == (3, 16, 16) and lab.shape == (16, 16) and lab.dtype == np.int64
     assert (lab[:10, :12] == 1).all() and (lab[10:] == 255).all() and (lab[:, 12:] == 255).all()
-    np.testing.assert_allclose(img[:, 12, 0] * 255, MEAN_RGB, rtol=1e-6)
+    np.testing.assert_allclose(img[:, 12, 0] * 255, fill, rtol=1e-6)
     np.testing.assert_allclose(img[:, 0, 0], 200 / 255, rtol=1e-6)
 
 
 def test_augment_is_a_function_of_the_generator():
     image, label = square_pairs(1, 40)[0]
-    a = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True)
-    b = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True)
-    c = augment(np.random.default_rng(4), image, label, 32, (0.5, 1.5), True)
+    a = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True, (0, 0, 0))
+    b = augment(np.random.default_rng(3), image, label, 32, (0.5, 1.5), True, (0, 0, 0))
+    c = augment(np.random.default_rng(4), image, label, 32, (0.5, 1.5), True, (0, 0, 0))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
 

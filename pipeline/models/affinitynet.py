@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import weights_file
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, check_state_fits, load_error_summary, loading_weights
+from pipeline.models import backbone_normalisation, check_state_fits, load_error_summary, loading_weights
 
 
 def radius_offsets(radius: int) -> list[tuple[int, int]]:
@@ -185,8 +185,9 @@ class AffinityNet(nn.Module):
         for conv in self.proj:
             nn.init.kaiming_normal_(conv.weight)
         nn.init.xavier_uniform_(self.fuse.weight, gain=4.0)  # large initial distances, as PSA
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = backbone_normalisation(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.config = {"backbone": backbone, "feature_stride": feature_stride, "embed_dim": self.embed_dim}
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -194,7 +195,7 @@ class AffinityNet(nn.Module):
         return math.ceil(height / self.feature_stride), math.ceil(width / self.feature_stride)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float in [0, 1] -> ImageNet-normalised."""
+        """(B, 3, H, W) float in [0, 1] -> normalised as the backbone's ImageNet weights expect."""
         return (image - self.mean) / self.std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The segmentation network trained on pseudo labels (the last step of the paper, Table IV).
 
-``build_segmenter(cfg, num_classes)`` makes a :class:`Segmenter`: ImageNet normalisation, padding to
+``build_segmenter(cfg, num_classes)`` makes a :class:`Segmenter`: the encoder's input normalisation, padding to
 the network's stride, one of three architectures on a segmentation-models-pytorch encoder, and
 logits cropped back to the input size. ``num_classes`` counts every output channel, background
 included (C + 1 for C foreground classes).
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Seg, weights_file
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, check_state_fits, load_error_summary, loading_weights
+from pipeline.models import (IMAGENET_MEAN, IMAGENET_STD, Triple, backbone_normalisation, check_state_fits,
+                             load_error_summary, loading_weights)
 
 ARCHS = ("deeplabv3plus", "deeplabv3", "deeplabv2")
 DEFAULT_STRIDE = {"deeplabv3plus": 16, "deeplabv3": 8, "deeplabv2": 8}
@@ -83,14 +84,16 @@ class Segmenter(nn.Module):
     (see :func:`param_groups`). ``meta`` holds what :func:`save_segmenter` stores besides weights.
     """
 
-    def __init__(self, net: nn.Module, stride: int, num_classes: int, meta: dict | None = None):
+    def __init__(self, net: nn.Module, stride: int, num_classes: int, meta: dict | None = None,
+                 normalisation: tuple[Triple, Triple] = (IMAGENET_MEAN, IMAGENET_STD)):
         super().__init__()
         self.net = net
         self.stride = stride
         self.num_classes = num_classes
         self.meta: dict[str, Any] = dict(meta or {})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = normalisation
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -118,6 +121,14 @@ def _smp_model(cfg: Seg, num_classes: int, stride: int) -> nn.Module:
     return smp.DeepLabV3(**common)
 
 
+def encoder_normalisation(encoder: str) -> tuple[Triple, Triple]:
+    """(mean, std) of an smp encoder's [0, 1] RGB input: a ``tu-`` encoder's timm configuration (0.5 / 0.5 for
+    ``tu-tf_efficientnet_lite0``), the ImageNet mean / std of smp's own ImageNet encoders."""
+    if encoder.startswith("tu-"):
+        return backbone_normalisation(encoder.removeprefix("tu-"))
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def resolved_stride(cfg: Seg) -> int:
     """The encoder output stride: ``seg.output_stride``, or the architecture's default when 0."""
     return cfg.output_stride or DEFAULT_STRIDE[cfg.arch]
@@ -142,7 +153,8 @@ def build_segmenter(cfg: Seg, num_classes: int) -> Segmenter:
             from None
     # smp pads to the encoder's full reduction (32 at depth 5) unless it is dilated
     pad_to = max(stride, getattr(net.encoder, "output_stride", stride))
-    model = Segmenter(net, pad_to, num_classes, meta={"seg": cfg.model_dump(), "num_classes": num_classes})
+    model = Segmenter(net, pad_to, num_classes, meta={"seg": cfg.model_dump(), "num_classes": num_classes},
+                      normalisation=encoder_normalisation(cfg.encoder))
     load_encoder_weights(model, cfg.encoder_weights, cfg.encoder)
     return model
 
