@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast flow bench clean-outputs seeds
+.PHONY: setup run test test-fast lint flow bench clean-outputs seeds
 
 # Create the virtual environment and install the pinned dependencies (once; again when they change).
 $(STAMP): requirements.txt pyproject.toml
@@ -25,18 +25,22 @@ run: setup
 N   ?= 3
 SET ?=
 seeds: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.compare seeds $(N) $(SET)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.tools.compare seeds $(N) $(SET)
 
 # Unit tests plus the smoke-profile integration test of the whole DAG.
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle, import order, blind excepts, bugbear, pyupgrade.
+lint: setup
+	$(BIN)/ruff check .
 
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 # The same DAG as a Prefect flow (temporary local Prefect server unless PREFECT_API_URL is set).
 flow: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.flow
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.tools.flow
 
 bench: setup
 	for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_scale.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done  # bench_scale: hours, run it by hand

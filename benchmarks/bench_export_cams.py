@@ -1,6 +1,6 @@
 """Benchmark of stage export_cams on CPU: export throughput, and the refinement step against this machine.
 
-1. Export throughput of ``pipeline.cams.infer_cams`` (forward + refinement + TTA merge) with a randomly
+1. Export throughput of ``pipeline.cams.infer.infer_cams`` (forward + refinement + TTA merge) with a randomly
    initialised classifier of the toy config (params.yaml: deit_tiny depth 6 at 96 px, patch 8 -> 12x12
    tokens), toy-sized images (96..144 px), the configured scales and flip, all four variants; also the
    classifier forward alone, so the share of this stage's own work is visible. Times are CPU seconds
@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.aream import layer_entropy  # noqa: E402
-from pipeline.cams import REFINED, imagenet_normalize, infer_cams, refine_variants, variant_affinities  # noqa: E402
-from pipeline.config import load_params, plain_doc  # noqa: E402
-from pipeline.models.vit import build_classifier  # noqa: E402
+from pipeline.cams.aream import layer_entropy
+from pipeline.cams.infer import imagenet_normalize, infer_cams, refine_variants, variant_affinities
+from pipeline.config import load_params, plain_doc
+from pipeline.models.vit import build_classifier
+from pipeline.vocabulary import REFINED_VARIANTS
 
 
 def timed(fn, repeat: int = 5) -> tuple[float, float]:
@@ -84,7 +85,7 @@ def main() -> None:
                        preprocess=imagenet_normalize)
 
     def forwards_only():
-        from pipeline.cams import input_side, resize_images
+        from pipeline.cams.infer import input_side, resize_images
         with torch.no_grad():
             for i in range(0, len(images), cams.batch_size):
                 for s in cams.scales:
@@ -108,7 +109,7 @@ def main() -> None:
     with torch.no_grad():
         attn = model(x).attn.contiguous()
     B, N = attn.shape[0], attn.shape[-1]
-    refined = sum(v in REFINED for v in cams.variants)
+    refined = sum(v in REFINED_VARIANTS for v in cams.variants)
     passes = L * ("aream" in cams.variants) + refined  # refinements of K maps by an N x N matrix
     read_cpu, _ = timed(lambda: attn.sum(), 9)
     bandwidth = attn.numel() * 4 / (read_cpu / th) / 1e9
@@ -127,7 +128,8 @@ def main() -> None:
         print(f"  K={K:>2} ({what}): {1000 * rcpu / th:.2f} ms per batch, {flops / 1e6:.0f} MFLOP -> "
               f"{achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of torch.mm of the same FLOP count "
               f"(n={n}: {peak:.1f} GFLOP/s)")
-        print(f"         Eq. 8 entropies (pipeline.aream.layer_entropy) {100 * ecpu / rcpu:.0f}%, the {len(names)} "
+        print(f"         Eq. 8 entropies (pipeline.cams.aream.layer_entropy) {100 * ecpu / rcpu:.0f}%, "
+              f"the {len(names)} "
               f"layer-weighted affinities (one bmm) {100 * (wcpu - ecpu) / rcpu:.0f}%, the batched refinement and "
               f"the rest {100 * (rcpu - wcpu) / rcpu:.0f}%; the whole step = {rcpu / read_cpu:.0f} read passes "
               f"over attn (its memory traffic is ~3 passes)")

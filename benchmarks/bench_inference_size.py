@@ -49,7 +49,7 @@ def one(height: int, width: int, max_side: int, scales: list[float], flip: bool,
     import torch
 
     from pipeline.config import load_params
-    from pipeline.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
+    from pipeline.evaluate.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
     from pipeline.models.segmenter import build_segmenter
 
     torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ and the CRF's parallel speed-up.
    21 labels, the worst case on VOC), PSA = AffinityNet forward + sparse affinity matrix + random walk
    (``psa``; randomly initialised network, same cost as a trained one). The sparse walk (t steps) is
    compared with the reference dense repeated squaring on the toy image, in the same run.
-2. CRF over a batch of VOC-sized images with ``pipeline.parallel.map_items`` and the process runner:
+2. CRF over a batch of VOC-sized images with ``pipeline.common.parallel.map_items`` and the process runner:
    1 worker vs 2 workers (speed-up; 2 is the ideal on 2 idle cores).
 3. One image's threshold-sweep counts, as ``pseudo_labels`` and the post-processing stages return them
    (``cams.sweep``'s thresholds; 21 classes as VOC, 81 as COCO): counted straight into sparse pairs
@@ -30,14 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_params, plain_doc  # noqa: E402
-from pipeline.metrics import ThresholdSweep, thresholds_from  # noqa: E402
-from pipeline.models.affinitynet import AffinityNet, affinity_matrix  # noqa: E402
-from pipeline.parallel import map_items  # noqa: E402
-from pipeline.postprocess.crf import crf_scores  # noqa: E402
-from pipeline.postprocess.labels import sparse_counts, sweep_counts  # noqa: E402
-from pipeline.postprocess.par import par_refine  # noqa: E402
-from pipeline.postprocess.psa import image_affinity, random_walk, walk_cams, walk_inputs  # noqa: E402
+from pipeline.common.parallel import map_items
+from pipeline.config import load_params, plain_doc
+from pipeline.metrics import ThresholdSweep, thresholds_from
+from pipeline.models.affinitynet import AffinityNet, affinity_matrix
+from pipeline.postprocess.crf import crf_scores
+from pipeline.postprocess.labels import sparse_counts, sweep_counts
+from pipeline.postprocess.par import par_refine
+from pipeline.postprocess.psa import image_affinity, random_walk, walk_cams, walk_inputs
 
 SIZES = {"toy 120x120": (120, 120), "VOC 500x375": (375, 500)}
 

@@ -5,7 +5,7 @@ reports and local weights files, then git init and a commit), with the smoke pro
 networks, one epoch for every trainer that reads the dataset (train_cls and train_cls_base with the
 affinity loss from that epoch on, train_psa, train_seg, train_seg_gt) and the generated toy dataset at
 the size's image counts. Then it runs the stages one by one in DVC's order (dvc repro --single-item
-STAGE, the order of pipeline.flow.stage_order) and measures each:
+STAGE, the order of pipeline.tools.flow.stage_order) and measures each:
 
 - wall time of dvc repro (the stage's own time from its "done in" line; the rest is DVC's hashing);
 - peak RSS: the largest resident set of any one process of the stage (dvc, the stage, its pool workers),
@@ -19,8 +19,8 @@ each fraction, and the growth from the smallest to the largest size: time ratio 
 linear; fixed start-up costs push it under 1), the slope ratio (the per-image time of the upper sizes
 over that of the lower ones, with three sizes or more: 1.0 = linear, free of fixed costs), the memory
 ratio (1.0 = flat) and the disk ratio / image ratio (1.0 = proportional). The raw numbers go to --out
-(JSON, rewritten after every stage) and the tables to the same name with .md. It also compares the
-bytes per image in data/cams with the storage figure that params.yaml's cams.stride comment gives.
+(JSON, rewritten after every stage) and the tables to the same name with .md. It also reports the
+bytes per image in data/cams, projected to the preset's full image count.
 
 Presets: voc = 10,582 train + 1,449 val images, 20 classes (VOC 2012 train_aug and val); coco = 80
 classes, with --coco-train / --coco-val images (default the VOC counts: COCO 2014's 82,081 + 40,137
@@ -64,10 +64,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SKIP = {".git", ".venv", "data", "models", "reports", ".pytest_cache", ".prefect", "__pycache__", ".whl", ".gl",
-        ".ruff_cache", ".mypy_cache", "dvc_plots"}
-WEIGHT_MARKERS = {"none", "timm", "imagenet", "README.md"}
+sys.path.insert(0, str(ROOT))
+
+from pipeline.tools.scratch import BIN, scratch_env, scratch_project  # noqa: E402
+from pipeline.tools.scratch import run_checked as run  # noqa: E402
+
 MARKER = ".bench_scale"  # a project folder this benchmark made (and may replace on a rerun)
 PRESETS = {"voc": {"train": 10582, "val": 1449, "classes": 20}, "coco": {"train": None, "val": None, "classes": 80}}
 MIN_TRAIN, MIN_VAL = 16, 4  # analysis and batch sizes of the smoke profile need a few images
@@ -77,44 +78,6 @@ DONE_IN = re.compile(r"^done in ([\d.]+) s$")
 
 # ------------------------------------------------------------------------------------------------------------
 # scratch projects
-
-
-def copy_project(dst: Path) -> None:
-    """This repository without git, the virtualenv, outputs, caches and local weights files (markers kept)."""
-    def ignore(directory, names):
-        return [n for n in names if n in SKIP and Path(directory) == ROOT or n in {"__pycache__", ".pytest_cache"}
-                or n.endswith(".egg-info")]
-    shutil.copytree(ROOT, dst, ignore=ignore)
-    for sub in ("cache", "tmp"):
-        shutil.rmtree(dst / ".dvc" / sub, ignore_errors=True)
-    if (dst / "weights").is_dir():
-        for p in (dst / "weights").iterdir():
-            if p.name not in WEIGHT_MARKERS:
-                p.unlink() if p.is_file() or p.is_symlink() else shutil.rmtree(p)
-
-
-def environment(workdir: Path, threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_")) and k != "PYTHONPATH"}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-               HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", PREFECT_HOME=str(workdir / ".prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost")
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    r = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def size_overrides(train: int, val: int, classes: int, args: argparse.Namespace) -> dict:
@@ -131,8 +94,6 @@ def size_overrides(train: int, val: int, classes: int, args: argparse.Namespace)
 
 
 def make_project(path: Path, overrides: dict, env: dict[str, str]) -> None:
-    import yaml
-
     if path.exists():
         if not (path / MARKER).exists():
             raise SystemExit(f"error: {path} exists and was not made by this benchmark; choose another --workdir")
@@ -140,18 +101,11 @@ def make_project(path: Path, overrides: dict, env: dict[str, str]) -> None:
     path.mkdir(parents=True)
     (path / MARKER).write_text("made by benchmarks/bench_scale.py\n")
     repo = path / "project"
-    copy_project(repo)
-    run(["git", "init", "-q"], repo, env)
-    run([str(BIN / "python"), "-m", "pipeline.config", "apply", "smoke"], repo, env)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, overrides), sort_keys=False))
-    run([str(BIN / "python"), "-m", "pipeline.config", "show"], repo, env)  # validates; a bad value stops here
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "bench_scale"], repo, env)
+    scratch_project(repo, env, "smoke", overrides, "bench_scale")
 
 
 def stage_order(repo: Path, env: dict[str, str]) -> list[str]:
-    code = "from pipeline.flow import stage_order; print('\\n'.join(stage_order('.')))"
+    code = "from pipeline.tools.flow import stage_order; print('\\n'.join(stage_order('.')))"
     return run([str(BIN / "python"), "-c", code], repo, env).split()
 
 
@@ -356,38 +310,6 @@ def cam_storage(repo: Path, sample: int = 600) -> dict | None:
             "pixels_per_image": pixels / n}
 
 
-def storage_promise() -> dict:
-    """The CAM storage figure params.yaml gives (the cams.stride comment), verbatim and as numbers."""
-    lines, keep = [], False
-    for line in (ROOT / "params.yaml").read_text().splitlines():
-        if re.match(r"\s+stride:", line) and "float16" in line:
-            keep = True
-        elif keep and not line.strip().startswith("#"):
-            break
-        if keep:
-            lines.append(line.split("#", 1)[1].strip() if "#" in line else line.strip())
-    text = " ".join(lines)
-
-    def num(pattern: str) -> float | None:
-        m = re.search(pattern, text)
-        return float(m.group(1).replace(",", "")) if m else None
-
-    out = {"text": text, "images": num(r"([\d,]{5,}) images"), "classes_per_image": num(r"~\s*([\d.]+) classes"),
-           "variants": num(r"x (\d+) variants"), "total_gb": num(r"~\s*([\d.]+) GB"),
-           "deflate": num(r"(?:measured|raw arrays:) ([\d.]+)"), "cells": num(r"~\s*([\d.]+)k cells")}
-    if out["cells"]:
-        out["cells"] *= 1000
-    if out["images"] and out["total_gb"]:
-        out["raw_bytes_per_image"] = out["total_gb"] * 1e9 / out["images"]
-        if out["deflate"]:
-            out["npz_bytes_per_image"] = out["raw_bytes_per_image"] * out["deflate"]
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# tables
-
-
 def _fmt(v, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -417,7 +339,7 @@ def growth(sizes: list[dict], stage: str) -> dict:
     return out
 
 
-def preset_table(preset: str, sizes: list[dict], promise: dict) -> str:
+def preset_table(preset: str, sizes: list[dict]) -> str:
     sizes = sorted(sizes, key=lambda s: s["images"])
     order = []
     for s in sizes:
@@ -465,37 +387,29 @@ def preset_table(preset: str, sizes: list[dict], promise: dict) -> str:
     for f, r in failed:
         lines += ["", f"FAILED at {f}: stage {r['stage']} (exit {r['returncode']}), log {r['log']}:", "",
                   *("    " + ln for ln in r.get("error", "").splitlines())]
-    lines += ["", *cam_lines(sizes, fr, promise)]
+    full = PRESETS.get(preset, {})
+    images = full["train"] + full["val"] if full.get("train") and full.get("val") else None
+    lines += ["", *cam_lines(sizes, fr, images)]
     return "\n".join(lines)
 
 
-def cam_lines(sizes: list[dict], fr: list[str], promise: dict) -> list[str]:
+def cam_lines(sizes: list[dict], fr: list[str], images: int | None) -> list[str]:
+    """The measured CAM storage per image at each fraction, and the last one projected to ``images`` images."""
     out = ["CAM storage (data/cams, train + val):"]
-    if promise.get("text"):
-        out.append(f"  params.yaml promises (cams.stride comment): \"{promise['text']}\"")
-    if promise.get("npz_bytes_per_image"):
-        out.append(f"  = {promise['raw_bytes_per_image'] / 1e3:,.0f} KB raw float16 per VOC image, "
-                   f"~{promise['npz_bytes_per_image'] / 1e3:,.0f} KB after npz deflate")
     for f, s in zip(fr, sizes):
         c = s.get("cams")
         if not c:
             continue
-        line = (f"  @{f}: {c['files']:,} files, {c['bytes_per_image'] / 1e3:.1f} KB per image on disk "
-                f"({c['npz_bytes_per_image'] / 1e3:.1f} KB npz: {c['deflated_payload_bytes_per_image'] / 1e3:.1f} KB "
-                f"deflated maps + {c['container_bytes_per_image'] / 1e3:.1f} KB headers), raw float16 payload "
-                f"{c['raw_float16_bytes_per_image'] / 1e3:.1f} KB, deflate ratio {_fmt(c['deflate_ratio'], 2)}, "
-                f"{c['classes_per_image']:.2f} classes x {len(c['variants'])} variants x "
-                f"{c['cells_per_map']:.0f} cells ({c['pixels_per_image']:.0f} px per image)")
-        out.append(line)
+        out.append(f"  @{f}: {c['files']:,} files, {c['bytes_per_image'] / 1e3:.1f} KB per image on disk "
+                   f"({c['npz_bytes_per_image'] / 1e3:.1f} KB npz: {c['deflated_payload_bytes_per_image'] / 1e3:.1f} "
+                   f"KB deflated maps + {c['container_bytes_per_image'] / 1e3:.1f} KB headers), raw float16 payload "
+                   f"{c['raw_float16_bytes_per_image'] / 1e3:.1f} KB, deflate ratio {_fmt(c['deflate_ratio'], 2)}, "
+                   f"{c['classes_per_image']:.2f} classes x {len(c['variants'])} variants x "
+                   f"{c['cells_per_map']:.0f} cells ({c['pixels_per_image']:.0f} px per image)")
     last = next((s["cams"] for s in reversed(sizes) if s.get("cams")), None)
-    if last and promise.get("cells") and promise.get("classes_per_image"):
-        raw = promise["classes_per_image"] * len(last["variants"]) * promise["cells"] * 2
-        npz = raw * last["deflate_ratio"] + last["container_bytes_per_image"] if last["deflate_ratio"] else None
-        out.append(f"  at VOC's size with this run's deflate ratio and headers: {promise['classes_per_image']:g} "
-                   f"classes x {len(last['variants'])} variants x {promise['cells']:,.0f} cells x 2 B = "
-                   f"{raw / 1e3:,.0f} KB raw, ~{_fmt(npz / 1e3 if npz else None, 0)} KB npz per image (promised: "
-                   f"ratio {_fmt(promise.get('deflate'), 2)}, ~{_fmt(promise.get('npz_bytes_per_image', 0) / 1e3, 0)} "
-                   f"KB); the toy's maps are {last['cells_per_map']:.0f} cells, larger maps usually deflate better")
+    if last and images:
+        out.append(f"  x {images:,} images of the full set: {last['bytes_per_image'] * images / 1e9:.2f} GB on disk "
+                   "at the toy's image sizes (and as much in DVC's cache; larger images store more cells)")
     return out
 
 
@@ -618,7 +532,7 @@ def main() -> int:
     if args.tables:
         saved = json.loads(args.tables.read_text())
         for preset, sizes in saved["presets"].items():
-            print(preset_table(preset, sizes, saved["storage_promise"]) + "\n")
+            print(preset_table(preset, sizes) + "\n")
         return 0
     if args.image_size[0] < 32 or args.image_size[1] < args.image_size[0]:
         parser().error("--image-size: MIN >= 32 and MAX >= MIN")
@@ -626,8 +540,7 @@ def main() -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     out = (args.out or workdir / "results.json").resolve()
-    env = environment(workdir, args.threads)
-    promise = storage_promise()
+    env = scratch_env(workdir, args.threads)
     free = shutil.disk_usage(workdir).free
     print(f"workdir: {workdir} ({free / 1e9:.1f} GB free)\nresults: {out} and {out.with_suffix('.md')}", flush=True)
     print(f"settings: OMP_NUM_THREADS={args.threads}, runtime.workers={args.workers} (task_runner process), "
@@ -636,7 +549,7 @@ def main() -> int:
     print("constant-cost stages (independent of the dataset size): pretrain (smoke corpus: 8 classes x 16 images, "
           "1 epoch), import_weights, analyze_layers (analysis.num_images of the smoke profile), report", flush=True)
     results: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "workdir": str(workdir), "storage_promise": promise, "presets": {}, "growth": {}}
+                     "workdir": str(workdir), "presets": {}, "growth": {}}
     order: list[str] = []
     started = time.perf_counter()
 
@@ -648,7 +561,7 @@ def main() -> int:
         for preset, sizes in results["presets"].items():
             if any(s["stages"] for s in sizes):
                 results["growth"][preset] = {st: g for st in order if (g := growth(sizes, st))}
-                done.append(preset_table(preset, sizes, promise))
+                done.append(preset_table(preset, sizes))
         save()
         out.with_suffix(".md").write_text("\n\n".join(done) + "\n")
         print("\n" + "\n\n".join(done) + "\n", flush=True)

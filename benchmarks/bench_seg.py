@@ -1,10 +1,10 @@
 """Benchmark of the segmentation stages: training and inference throughput of the toy config.
 
-1. Training throughput (images/s) of ``pipeline.train_seg.train_segmenter`` with the params.yaml
+1. Training throughput (images/s) of ``pipeline.train.segmenter.train_segmenter`` with the params.yaml
    ``seg`` section (toy: DeepLabV3+ / ResNet-18, 96 px crops, batch 16), 21 classes, on generated
    toy-sized images (96..144 px) held in memory: the second of two epochs (warm). The projected time
    of the configured training (``seg.epochs`` x 400 images) is printed next to the ~4 minute budget.
-2. Inference throughput (images/s) of ``pipeline.inference.predict_probs`` on toy-sized images:
+2. Inference throughput (images/s) of ``pipeline.evaluate.inference.predict_probs`` on toy-sized images:
    single scale without flip (the baseline), the ``eval`` section's setting, and the paper's
    multi-scale + flip setting (scales 0.5..1.5 + flip); each as a ratio of the baseline's time,
    measured in the same run. Projected time of the toy evaluation (100 val images) is printed.
@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_params, plain_doc  # noqa: E402
-from pipeline.inference import predict_probs  # noqa: E402
-from pipeline.models.segmenter import build_segmenter  # noqa: E402
-from pipeline.train_seg import SegTrainSet, train_segmenter  # noqa: E402
+from pipeline.config import load_params, plain_doc
+from pipeline.evaluate.inference import predict_probs
+from pipeline.models.segmenter import build_segmenter
+from pipeline.train.segmenter import SegTrainSet, train_segmenter
 
 NUM_CLASSES = 21
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import Params, load_params, plain_doc  # noqa: E402
-from pipeline.models.vit import build_classifier  # noqa: E402
-from pipeline.train_cls import build_optimizer, step_losses  # noqa: E402
-from pipeline.training import amp, backward_step  # noqa: E402
+from pipeline.config import Params, load_params, plain_doc
+from pipeline.models.vit import build_classifier
+from pipeline.train.classifier import build_optimizer, step_losses
+from pipeline.train.harness import amp, backward_step
 
 
 def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int = 0):
@@ -79,7 +79,8 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
     mem = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
     for variant, name in ((False, "classification only"), (True, "with AReAM")):
         med = statistics.median(times[variant])
-        print(f"  {name:20s} {t.batch_size / med:8.1f} images/s  ({med * 1000:7.1f} ms/step)  {mem} {peak[variant]:8.0f} MiB")
+        print(f"  {name:20s} {t.batch_size / med:8.1f} images/s  ({med * 1000:7.1f} ms/step)  {mem} "
+              f"{peak[variant]:8.0f} MiB")
     ratio = statistics.median(times[True]) / statistics.median(times[False])
     print(f"  AReAM step / classification step: {ratio:.2f}x time")
 

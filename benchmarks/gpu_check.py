@@ -10,15 +10,15 @@ labels are synthetic. Each part builds its network, runs a few warm-up steps, th
 images/s, ms per step and the peak GPU memory of the part (torch.cuda.max_memory_allocated, reset before
 each part):
 
-  1a/1b  train_cls steps without and with AReAM: the classifier's own step (pipeline.train_cls.step_losses,
+  1a/1b  train_cls steps without and with AReAM: the classifier's own step (pipeline.train.classifier.step_losses,
          optimizer, schedule and AMP as train_classifier builds them); DeiT-S, 448 px, batch 32
-  2      CAM export: pipeline.cams.infer_cams with the cams section (scales, flip, stride, batch size,
+  2      CAM export: pipeline.cams.infer.infer_cams with the cams section (scales, flip, stride, batch size,
          variants) on VOC-sized images (375..500 px)
-  3      AffinityNet training steps (the step of pipeline.train_affinity: pair affinities, PSA's balanced
+  3      AffinityNet training steps (the step of pipeline.train.affinity: pair affinities, PSA's balanced
          loss, AdamW, fp16 AMP); psa section: ResNet-50, 448 px crops, batch 8
-  4a/4b  DeepLab-v2 ResNet-101 training steps (the step of pipeline.train_seg: cross-entropy, SGD with the
+  4a/4b  DeepLab-v2 ResNet-101 training steps (the step of pipeline.train.segmenter: cross-entropy, SGD with the
          poly schedule, fp16 AMP; 321 px crops, batch 10) and multi-scale + flip inference
-         (pipeline.inference.predict_probs with the eval section's scales) on 500x375 images
+         (pipeline.evaluate.inference.predict_probs with the eval section's scales) on 500x375 images
   5      the smoke DAG end to end: a scratch copy of the project (git init, the smoke profile applied,
          runtime.device set to --device, committed), then dvc repro; wall time, every stage's start, and
          whether it passed (exit 0, reports/report.md written, train_cls ran on the asked device)
@@ -48,9 +48,10 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,12 +61,7 @@ except ImportError:  # without the project's packages --help still works; main()
     def plain_doc(doc: str | None) -> str:
         return (doc or "").strip() + "\n"
 
-ROOT = Path(__file__).resolve().parent.parent
 PART_KEYS = ("cls", "cams", "psa", "seg", "dag")
-# what a scratch copy of the project leaves out (at its root; caches everywhere), as the smoke tests do
-COPY_SKIP = {".git", ".venv", "data", "models", "reports", ".pytest_cache", ".prefect", ".whl", ".gl", "dvc_plots",
-             ".ruff_cache"}
-WEIGHT_MARKERS = {"none", "timm", "imagenet", "README.md"}
 VOC_TRAIN_AUG = 10582  # images of VOC's train_aug split: sets the schedules' length
 
 
@@ -191,8 +187,8 @@ def part_cls(ctx: Context, allowance: float, aream_on: bool) -> Measure:
     import torch
 
     from pipeline.models.vit import build_classifier
-    from pipeline.train_cls import build_optimizer, build_scheduler, step_losses
-    from pipeline.training import amp, amp_dtype, backward_step
+    from pipeline.train.classifier import build_optimizer, build_scheduler, step_losses
+    from pipeline.train.harness import amp, amp_dtype, backward_step
 
     p, dev = ctx.params, ctx.device
     c, t = p.classifier, p.train_cls
@@ -227,7 +223,7 @@ def part_cams(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.cams import infer_cams, model_preprocess
+    from pipeline.cams.infer import infer_cams, model_preprocess
     from pipeline.models.vit import build_classifier
 
     p, dev = ctx.params, ctx.device
@@ -264,8 +260,8 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
     import torch
 
     from pipeline.models.affinitynet import AffinityNet, pair_border, radius_offsets
-    from pipeline.train_affinity import affinity_step, make_batch
-    from pipeline.training import amp
+    from pipeline.train.affinity import affinity_step, make_batch
+    from pipeline.train.harness import amp
 
     cfg, dev = ctx.params.psa, ctx.device
     torch.manual_seed(ctx.params.seed)
@@ -306,8 +302,8 @@ def part_seg_train(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.train_seg import SegTrainSet, make_optimizer, segmentation_loss, set_lr
-    from pipeline.training import amp, backward_step
+    from pipeline.train.harness import amp, backward_step
+    from pipeline.train.segmenter import SegTrainSet, make_optimizer, segmentation_loss, set_lr
 
     cfg, dev = ctx.params.seg, ctx.device
     model = build_seg(ctx).train()
@@ -342,7 +338,7 @@ def part_seg_infer(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.inference import image_tensor, predict_probs, to_label
+    from pipeline.evaluate.inference import image_tensor, predict_probs, to_label
 
     e, dev = ctx.params.eval, ctx.device
     model = build_seg(ctx).eval()
@@ -365,38 +361,6 @@ def part_seg_infer(ctx: Context, allowance: float) -> Measure:
     return timed_steps(step, 1, ctx, allowance, warmup=min(ctx.warmup, 2))
 
 
-def copy_project(dst: Path) -> None:
-    """The working tree without git, the virtualenv, outputs and caches; weights/ keeps only its markers."""
-    def ignore(directory, names):
-        at_root = Path(directory) == ROOT
-        return [n for n in names if (at_root and n in COPY_SKIP) or n in {"__pycache__", ".pytest_cache"}]
-
-    shutil.copytree(ROOT, dst, ignore=ignore, symlinks=True)
-    for sub in ("cache", "tmp"):
-        shutil.rmtree(dst / ".dvc" / sub, ignore_errors=True)
-    weights = dst / "weights"
-    if weights.is_dir():
-        for item in weights.iterdir():
-            if item.name not in WEIGHT_MARKERS:
-                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-
-
-def dag_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")]),
-               HOME=str(home), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", PREFECT_HOME=str(home / ".prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="gpu-check", GIT_AUTHOR_EMAIL="gpu@check",
-               GIT_COMMITTER_NAME="gpu-check", GIT_COMMITTER_EMAIL="gpu@check")
-    return env
-
-
-def run_checked(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> None:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}")
-
-
 def stop_group(proc: subprocess.Popen) -> None:
     """Stop the process group of ``proc`` (dvc and the stage it runs): TERM, then KILL after 10 s."""
     if proc.poll() is not None:
@@ -414,7 +378,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def part_dag(ctx: Context, allowance: float) -> Measure:
-    import yaml
+    from pipeline.tools.scratch import scratch_env, scratch_project
 
     interpreter_dir = str(Path(sys.executable).parent)
     dvc = shutil.which("dvc", path=os.pathsep.join([interpreter_dir, os.environ.get("PATH", "")]))
@@ -428,17 +392,8 @@ def part_dag(ctx: Context, allowance: float) -> Measure:
     repo, log_path = scratch / "project", scratch / "dvc_repro.log"
     passed = False
     try:
-        copy_project(repo)
-        env = dag_env(scratch)
-        run_checked(["git", "init", "-q"], repo, env)
-        run_checked([sys.executable, "-m", "pipeline.config", "apply", "smoke"], repo, env)
-        params_file = repo / "params.yaml"
-        raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-        raw["runtime"]["device"] = ctx.args.device
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        run_checked([sys.executable, "-m", "pipeline.config", "show"], repo, env)  # validates the edit
-        run_checked(["git", "add", "-A"], repo, env)
-        run_checked(["git", "-c", "commit.gpgsign=false", "commit", "-qm", "gpu check: smoke profile"], repo, env)
+        env = scratch_env(scratch)
+        scratch_project(repo, env, "smoke", {"runtime": {"device": ctx.args.device}}, "gpu check: smoke profile")
         limit = max(10.0, allowance - (time.perf_counter() - start))
         print(f"  scratch project {repo} (smoke profile, runtime.device {ctx.args.device}); dvc repro, "
               f"limit {limit:.0f} s; log {log_path}", flush=True)

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.vocabulary import CAM_VARIANTS, LABEL_SOURCES, WEIGHT_KEYWORDS
+
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = ROOT / "params.yaml"
 PROFILES_DIR = ROOT / "profiles"
@@ -34,12 +36,7 @@ class ConfigError(ValueError):
 
 
 WEIGHTS_DIR = Path("weights")  # local starting weights live here (files or symlinks), relative to the project
-WEIGHT_KEYWORDS = ("none", "timm", "imagenet")  # none: random init; timm / imagenet: the hub (needs internet)
 TOY_ROOT = "data/toyvoc/VOCdevkit/VOC2012"  # where stage generate_toy writes the toy set (dataset.root of toyvoc)
-PRETRAINED_VIT = "pretrained_vit.pth"  # written under weights/ by stage pretrain (the classifier's start)
-IMAGENET_CNN = "efficientnet_lite0.pth"  # written under weights/ by stage import_weights (the CNNs' start)
-IMAGENET_CNN_BACKBONE = "tf_efficientnet_lite0"  # the timm network IMAGENET_CNN's whole state dict fits
-BUILT_WEIGHTS = {PRETRAINED_VIT: "pretrain", IMAGENET_CNN: "import_weights"}  # weights file -> its stage
 
 
 def weights_file(value: str) -> Path | None:
@@ -48,7 +45,7 @@ def weights_file(value: str) -> Path | None:
     In params.yaml a local file is given by its name under ``weights/`` (put the file or a symlink there),
     because dvc.yaml depends on ``weights/<value>``: DVC then hashes the file itself, and replacing it at the
     same path reruns the stages that start from it. The keywords are small marker files in that folder.
-    Absolute paths are accepted by the library (tests, ``pipeline.predict``) but not by stage ``check``.
+    Absolute paths are accepted by the library (tests, ``pipeline.tools.predict``) but not by stage ``check``.
     """
     if value in WEIGHT_KEYWORDS:
         return None
@@ -59,7 +56,7 @@ def weights_file(value: str) -> Path | None:
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def replace(self, **changes: Any) -> "Section":
+    def replace(self, **changes: Any) -> Section:
         """A validated copy with some fields changed (nested sections as dicts or sections)."""
         data = self.model_dump()
         data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
@@ -104,7 +101,7 @@ class ToySpec(Section):
     seed: int
 
     @model_validator(mode="after")
-    def _sizes(self) -> "ToySpec":
+    def _sizes(self) -> ToySpec:
         if self.max_size < self.min_size:
             raise ValueError("max_size must be >= min_size")
         if not 0.05 <= self.object_scale[0] <= self.object_scale[1] <= 0.6:
@@ -182,7 +179,7 @@ class Pretrain(Section):
     seed: int
 
     @model_validator(mode="after")
-    def _crop(self) -> "Pretrain":
+    def _crop(self) -> Pretrain:
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
         if self.teacher != "none" and self.distill_logits == 0 and self.distill_features == 0:
@@ -202,7 +199,7 @@ class AReAM(Section):
     par_scale: float = Field(gt=0, le=1)  # image resolution PAR runs at during training
 
     @model_validator(mode="after")
-    def _alphas(self) -> "AReAM":
+    def _alphas(self) -> AReAM:
         if self.alpha1 >= self.alpha2:
             raise ValueError("alpha1 must be < alpha2")
         return self
@@ -218,7 +215,7 @@ class PAR(Section):
 
 
 class Cams(Section):
-    variants: list[Literal["cam", "avg", "aream", "first_k"]]
+    variants: list[Literal[CAM_VARIANTS]]
     first_k: int = Field(ge=1)  # must not exceed the classifier's depth (checked at export)
     scales: list[float]
     flip: bool
@@ -229,7 +226,7 @@ class Cams(Section):
     normalize: Literal["minmax", "max"]  # per-class scaling of the merged maps to [0, 1]
 
     @model_validator(mode="after")
-    def _check(self) -> "Cams":
+    def _check(self) -> Cams:
         if not self.variants or len(set(self.variants)) != len(self.variants):
             raise ValueError("variants must list distinct CAM variants (at least one)")
         if not self.scales or min(self.scales) <= 0:
@@ -249,13 +246,13 @@ class Analysis(Section):
 
 
 class Post(Section):
-    cam_variant: Literal["cam", "avg", "aream", "first_k"]  # input of PAR / CRF / PSA (default avg; scratch: cam)
+    cam_variant: Literal[CAM_VARIANTS]  # input of PAR / CRF / PSA (default avg; scratch: cam)
     par_mode: Literal["image", "afa"]  # PAR at image size on the class maps, or AFA's reference refinement
     par_backgrounds: tuple[float, float]  # afa: (high, low) constant background scores before the softmax
     walk_pool: Literal["adaptive", "padded"]  # random-walk input: adaptive pooling, or PSA's zero-pad + crop
 
     @model_validator(mode="after")
-    def _backgrounds_order(self) -> "Post":
+    def _backgrounds_order(self) -> Post:
         high, low = self.par_backgrounds
         if not high >= low:
             raise ValueError(f"post.par_backgrounds: (high, low) expected, got {list(self.par_backgrounds)}")
@@ -297,12 +294,12 @@ class PSA(Section):
 
 
 class Pseudo(Section):
-    source: Literal["cam", "avg", "aream", "first_k", "par", "crf", "psa"]
+    source: Literal[LABEL_SOURCES]
     alpha1: float = Field(gt=0, lt=1)
     alpha2: float = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _alphas(self) -> "Pseudo":
+    def _alphas(self) -> Pseudo:
         if self.alpha1 >= self.alpha2:
             raise ValueError("alpha1 must be < alpha2")
         return self
@@ -329,7 +326,7 @@ class Seg(Section):
     amp: bool
 
     @model_validator(mode="after")
-    def _scales(self) -> "Seg":
+    def _scales(self) -> Seg:
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError("scale_range must be [low, high] with 0 < low <= high")
         return self
@@ -357,7 +354,7 @@ class Eval(Section):
     num_overlays: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _scales(self) -> "Eval":
+    def _scales(self) -> Eval:
         if any(s <= 0 for s in self.scales):
             raise ValueError("scales must all be > 0")
         return self
@@ -382,7 +379,7 @@ class Calibration(Section):
     seed: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ranges(self) -> "Calibration":
+    def _ranges(self) -> Calibration:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
@@ -521,15 +518,6 @@ def set_args(overrides: dict) -> list[str]:
                               "use `python -m pipeline.config apply` on a copy of params.yaml instead")
         args += ["-S", f"{key}={text}"]
     return args
-
-
-def params_hash(section: BaseModel | dict) -> str:
-    """Stable short hash of a (section of the) parameters, to tag checkpoints."""
-    import hashlib
-    import json
-
-    data = section.model_dump() if isinstance(section, BaseModel) else section
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _LITERAL = re.compile(r"``([^`]+?)``")  # may span a line break

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.palette import IGNORE_INDEX
+from pipeline.vocabulary import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +137,7 @@ class ThresholdSweep:
         }
 
 
-def token_labels(mask: Any, grid: tuple[int, int], num_classes: int) -> "torch.Tensor":
+def token_labels(mask: Any, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
     """The ground truth on the token grid: mask (H, W) (0 background, 1..C-1 classes, 255 ignored) -> (h, w)
     int64, each cell the majority label of the labelled pixels it covers (adaptive pooling of the one-hot mask;
     ties to the smaller label; a cell with no labelled pixel is background). ``num_classes`` counts background."""

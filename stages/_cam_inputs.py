@@ -4,19 +4,20 @@ refine-write-measure loop of the post-processing methods with its sweep report."
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from pipeline.common.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
 from pipeline.config import Params, Runtime
-from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, read_rgb, write_json, write_npz
 from stages._common import CAMS, MANIFEST, REPORTS, SCORES
 
 
 def load_cam_inputs(sample: Any, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8, keys (K,) int64, scores (K, H, W) float32) of one exported train image."""
-    from pipeline.cams import load_cam_scores
+    from pipeline.cams.infer import load_cam_scores
 
     path = CAMS / f"{sample.id}.npz"
     npz = read_npz(path)
@@ -33,7 +34,7 @@ def fan_out_runtime(runtime: Runtime, device_type: str) -> tuple[Runtime, int]:
     """(runtime for map_items, torch threads per task) of a per-image torch step: one thread per
     process when images fan out over CPU processes; serial (all threads, 0 = leave as is) on a GPU,
     with task_runner serial or with a single worker."""
-    from pipeline.parallel import num_workers
+    from pipeline.common.parallel import num_workers
 
     if device_type == "cpu" and runtime.task_runner != "serial" and num_workers(runtime) > 1:
         return runtime, 1
@@ -71,9 +72,9 @@ def run_refinement(method: str, params: Params, refine: Callable[[np.ndarray, np
     """The post-processing stage ``method``: every train image's ``post.cam_variant`` CAMs through
     ``refine`` (a picklable callable: images fan out over ``runtime``) into ``data/scores/<method>/``, built
     atomically, then the sweep report."""
+    from pipeline.common.parallel import fold_items
     from pipeline.data.manifest import load_manifest
     from pipeline.metrics import thresholds_from
-    from pipeline.parallel import fold_items
     from pipeline.postprocess.labels import SweepTotal
 
     manifest = load_manifest(MANIFEST)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.io import DataError
 from pipeline.config import Params
-from pipeline.io import DataError
 from stages._common import CLASSIFIER
 
 
@@ -15,9 +15,9 @@ def load_trained_classifier(params: Params, folder: Path = CLASSIFIER) -> tuple[
     ``runtime.workers`` threads (the stage runs one batched forward at a time)."""
     import torch
 
-    from pipeline.device import resolve_device
+    from pipeline.common.device import resolve_device
+    from pipeline.common.parallel import num_workers
     from pipeline.models.vit import load_classifier
-    from pipeline.parallel import num_workers
 
     path = folder / "model.pt"
     if not path.exists():

@@ -8,11 +8,12 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pipeline.common.io import DataError, write_json
 from pipeline.config import ConfigError, load_params, plain_doc
-from pipeline.io import DataError, write_json
 
 DATA = Path("data")
 MODELS = Path("models")
@@ -49,7 +50,7 @@ def write_timing(stage: str, timing: dict) -> None:
 
 def write_empty_plots(live_dir: Path, keys: tuple[str, ...]) -> None:
     """The plots folder dvc.yaml declares, with no points, for a skipped run (DVC fails on a missing out)."""
-    from pipeline.io import atomic_dir
+    from pipeline.common.io import atomic_dir
 
     with atomic_dir(live_dir / "plots" / "metrics") as tmp:
         for key in keys:  # a header and no points: a valid, empty DVC plot ("a/b": file b.tsv in folder a)

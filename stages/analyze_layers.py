@@ -1,5 +1,5 @@
 """Stage `analyze_layers`: the paper's layer-wise analysis of the affinity matrices
-(:mod:`pipeline.layer_analysis`) on ``analysis.num_images`` train images that have masks (evenly spaced
+(:mod:`pipeline.analysis.layers`) on ``analysis.num_images`` train images that have masks (evenly spaced
 over the split), at ``analysis.scale``, with the background-threshold sweep ``cams.sweep``.
 
 Writes ``reports/analysis/layers.csv`` (layer, hellinger, single_layer_miou, first_k_miou,
@@ -12,12 +12,20 @@ Fig. 7 top), ``attended_keys.png`` (Fig. 7 bottom) and ``layers_overlay.png`` (F
 
 from __future__ import annotations
 
-from pipeline.cams import model_geometry, model_preprocess
+from pipeline.analysis.layers import (
+    analyze,
+    draw_figures,
+    layer_rows,
+    layers_csv,
+    layers_markdown,
+    model_depth,
+    select_samples,
+    summary_metrics,
+)
+from pipeline.cams.infer import model_geometry, model_preprocess
+from pipeline.common.io import atomic_dir, write_json, write_text
 from pipeline.config import Params
 from pipeline.data.manifest import load_manifest
-from pipeline.io import atomic_dir, write_json, write_text
-from pipeline.layer_analysis import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown, model_depth,
-                                     select_samples, summary_metrics)
 from stages._classifier import load_trained_classifier
 from stages._common import MANIFEST, REPORTS, stage_main
 

@@ -24,21 +24,40 @@ import time
 import numpy as np
 import torch
 
-from pipeline.calibration import (VOC_PUBLISHED, VOC_SAMPLES, CamNet, DataStats, calibration_markdown, cnn_cams,
-                                  freeze_early_layers, grid_labels, mask_statistics, threshold_miou, train_cam_net)
+from pipeline.analysis.calibration import (
+    VOC_PUBLISHED,
+    VOC_SAMPLES,
+    CamNet,
+    DataStats,
+    calibration_markdown,
+    cnn_cams,
+    freeze_early_layers,
+    grid_labels,
+    mask_statistics,
+    threshold_miou,
+    train_cam_net,
+)
+from pipeline.common.device import cpu_count, resolve_device, seed_everything
+from pipeline.common.io import (
+    FileSequence,
+    read_label_png,
+    read_npz,
+    read_rgb,
+    write_json,
+    write_label_png,
+    write_npz,
+    write_text,
+)
+from pipeline.common.parallel import fold_items
+from pipeline.common.progress import progress
 from pipeline.config import Calibration, ConfigError, Params, weights_file
 from pipeline.data.classification import ClassificationDataset, mean_average_precision
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.device import cpu_count, resolve_device, seed_everything
-from pipeline.io import (FileSequence, read_label_png, read_npz, read_rgb, write_json, write_label_png, write_npz,
-                         write_text)
 from pipeline.metrics import ThresholdSweep, confusion_matrix, miou, thresholds_from
-from pipeline.models import image_to_tensor
-from pipeline.parallel import fold_items
+from pipeline.models.inputs import image_to_tensor
 from pipeline.postprocess.crf import crf_scores
 from pipeline.postprocess.labels import SweepTotal, sweep_counts
 from pipeline.postprocess.psa import confident_regions, psa_scores
-from pipeline.progress import progress
 from stages._common import MANIFEST, MODELS, REPORTS, stage_main, write_timing
 
 OUT = REPORTS / "calibration"
@@ -55,7 +74,7 @@ class DataTotal:
         self.stats.add(item[0])
         self.confusion += item[1]
 
-    def merge(self, other: "DataTotal") -> None:
+    def merge(self, other: DataTotal) -> None:
         self.stats.merge(other.stats)
         self.confusion += other.confusion
 
@@ -130,7 +149,7 @@ def cam_pass(model: CamNet, train: list[Sample], cfg: Calibration, device: torch
 def walk_pass(params: Params, train: list[Sample], device: torch.device, sweep: ThresholdSweep) -> ThresholdSweep:
     """AffinityNet (``psa``, the calibration seed) trained on the CNN CAM's confident regions, then every image's
     CAMs walked on its affinities and scored into ``sweep``."""
-    from pipeline.train_affinity import train_affinitynet
+    from pipeline.train.affinity import train_affinitynet
 
     images = FileSequence([s.image for s in train], read_rgb)
     labels = FileSequence([WORK / "confident" / f"{s.id}.png" for s in train], read_label_png)

@@ -19,15 +19,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import (BUILT_WEIGHTS, IMAGENET_CNN, IMAGENET_CNN_BACKBONE, PRETRAINED_VIT, TOY_ROOT, WEIGHTS_DIR,
-                             ConfigError, Dataset, Params, Runtime, weights_file)
-from pipeline.io import DataError, write_json
+from pipeline.common.io import DataError, write_json
+from pipeline.config import TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset, Params, Runtime, weights_file
+from pipeline.vocabulary import (
+    BUILT_WEIGHTS,
+    IMAGENET_CNN,
+    IMAGENET_CNN_BACKBONE,
+    PRETRAINED_VIT,
+    SMP_WEIGHTS,
+    TIMM_WEIGHTS,
+    WEIGHT_KEYWORDS,
+)
 from stages._common import CHECKED, stage_main
 
 TOY_SPLITS = ("train", "val", "trainval")
-WEIGHT_PARAMS = (("classifier.pretrained", ("none", "timm")), ("psa.pretrained", ("none", "timm")),
-                 ("seg.encoder_weights", ("none", "imagenet")), ("calibration.pretrained", ("none", "timm")),
-                 ("pretrain.teacher", ("none", "timm")))
+WEIGHT_PARAMS = (("classifier.pretrained", TIMM_WEIGHTS), ("psa.pretrained", TIMM_WEIGHTS),
+                 ("seg.encoder_weights", SMP_WEIGHTS), ("calibration.pretrained", TIMM_WEIGHTS),
+                 ("pretrain.teacher", TIMM_WEIGHTS))
 
 
 def check_dataset_params(ds: Dataset) -> None:
@@ -114,7 +122,7 @@ def check_weights(params: Params) -> None:
         if value in BUILT_WEIGHTS:  # written by a stage of the DAG (after this one)
             check_built_weights(params, dotted, value)
             continue
-        if value in ("none", "timm", "imagenet"):
+        if value in WEIGHT_KEYWORDS:
             raise ConfigError(f"{dotted}: {value!r} is not a choice here (use {' or '.join(keywords)}, or a file "
                               f"under {WEIGHTS_DIR}/)")
         path = Path(value)
@@ -129,7 +137,7 @@ def check_processes(runtime: Runtime) -> None:
     """runtime.nproc DDP processes need as many GPUs when the training stages run on CUDA (one each)."""
     import torch
 
-    from pipeline.device import resolve_device
+    from pipeline.common.device import resolve_device
 
     try:
         device = resolve_device(runtime.device)

@@ -24,16 +24,16 @@ import time
 import numpy as np
 import torch
 
+from pipeline.common.device import resolve_device
+from pipeline.common.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json
+from pipeline.common.parallel import map_items, num_workers
+from pipeline.common.progress import progress
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
-from pipeline.device import resolve_device
-from pipeline.evaluation import chunks, confusion_csv, confusion_figure, overlay_figure, summarize
-from pipeline.inference import cap_side, crf_label, image_tensor, label_to_size, predict_probs, to_label
-from pipeline.io import DataError, atomic_dir, read_label_png, read_rgb, write_bytes, write_json
+from pipeline.evaluate.inference import cap_side, crf_label, image_tensor, label_to_size, predict_probs, to_label
+from pipeline.evaluate.scoring import chunks, confusion_csv, confusion_figure, overlay_figure, summarize
 from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
-from pipeline.parallel import map_items, num_workers
-from pipeline.progress import progress
 from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main
 
 MODEL = SEGMENTER / "model.pt"

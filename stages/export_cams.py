@@ -1,6 +1,6 @@
 """Stage `export_cams`: CAMs of every train and val image, four refinement variants, and their quality.
 
-Writes ``data/cams/<id>.npz`` (contract in :mod:`pipeline.cams`): ``cam`` (non-refined), ``avg``
+Writes ``data/cams/<id>.npz`` (contract in :mod:`pipeline.cams.infer`): ``cam`` (non-refined), ``avg``
 (Eqs. 4-5: the paper's inference-time refinement, also for an AReAM-trained classifier), ``aream``
 (Eqs. 7-12 with re-activation weights computed per image) and ``first_k`` (first K layers' affinity),
 all from one forward pass per (scale, flip).
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.cam_export import cam_quality, export_cams, export_tag, file_digest, prepare_out_dir, sweep_csv
-from pipeline.cams import model_geometry, model_preprocess
+from pipeline.cams.export import cam_quality, export_cams, export_tag, prepare_out_dir, sweep_csv
+from pipeline.cams.infer import model_geometry, model_preprocess
+from pipeline.common.digests import file_tag
+from pipeline.common.io import DataError, write_bytes, write_json, write_text
 from pipeline.config import ConfigError, Params
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.io import DataError, write_bytes, write_json, write_text
 from stages._classifier import load_trained_classifier
 from stages._common import CAMS, CAMS_BASE, CLASSIFIER, CLASSIFIER_BASE, MANIFEST, REPORTS, SKIPPED, stage_main
 
@@ -56,7 +57,7 @@ def run(params: Params, baseline: bool = False) -> None:
                 samples.setdefault(s.id, s)
         except DataError as err:
             raise ConfigError(f"cams.splits: {err}") from None
-    tag = export_tag(cfg, file_digest(folder / "model.pt"), file_digest(MANIFEST))
+    tag = export_tag(cfg, file_tag(folder / "model.pt"), file_tag(MANIFEST))
     removed = prepare_out_dir(out_dir, tag, set(samples))
     if removed:
         print(f"removed {removed} stale CAM files from {out_dir}")

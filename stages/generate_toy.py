@@ -9,10 +9,10 @@ stage stays up to date and costs nothing.
 
 from __future__ import annotations
 
+from pipeline.common.io import atomic_dir
+from pipeline.common.parallel import map_items
 from pipeline.config import Params
 from pipeline.data.toyvoc import generate_toyvoc
-from pipeline.io import atomic_dir
-from pipeline.parallel import map_items
 from stages._common import TOYVOC, stage_main
 
 

@@ -9,9 +9,10 @@ it through DVC. Reads no params; a second's work.
 
 from __future__ import annotations
 
-from pipeline.config import IMAGENET_CNN, Params, weights_file
-from pipeline.io import write_torch
+from pipeline.common.io import write_torch
+from pipeline.config import Params, weights_file
 from pipeline.models.imagenet_cnn import TIMM_NAME, imagenet_state
+from pipeline.vocabulary import IMAGENET_CNN
 from stages._common import stage_main
 
 OUTPUT = weights_file(IMAGENET_CNN)

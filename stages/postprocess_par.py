@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 
+from pipeline.common.device import resolve_device
 from pipeline.config import Params
-from pipeline.device import resolve_device
 from pipeline.postprocess.afa import afa_scores
 from pipeline.postprocess.par import par_scores
 from stages._cam_inputs import fan_out_runtime, run_refinement

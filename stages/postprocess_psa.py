@@ -16,9 +16,9 @@ import functools
 
 import numpy as np
 
+from pipeline.common.device import resolve_device
+from pipeline.common.io import DataError
 from pipeline.config import PSA, Params
-from pipeline.device import resolve_device
-from pipeline.io import DataError
 from pipeline.models.affinitynet import AffinityNet, load_affinitynet
 from pipeline.postprocess.psa import psa_scores
 from stages._cam_inputs import fan_out_runtime, run_refinement

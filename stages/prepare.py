@@ -16,17 +16,18 @@ untouched; DVC itself deletes it before the command runs, which is why stage ``c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
+from pipeline.common.digests import file_sha256
+from pipeline.common.io import DataError, atomic_dir, write_json
+from pipeline.common.parallel import map_items
 from pipeline.config import Dataset, Params, Runtime
 from pipeline.data.coco import coco_classes, coco_items, load_coco_json, write_coco_sample
 from pipeline.data.manifest import Manifest, manifest_summary
 from pipeline.data.toyvoc import toy_class_names
 from pipeline.data.voc import VOC_CLASSES, read_voc
-from pipeline.io import DataError, atomic_dir, file_sha256, write_json
-from pipeline.parallel import map_items
 from stages._common import MANIFEST, PREPARED, stage_main
 from stages.check import check_dataset_params
 

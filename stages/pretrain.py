@@ -2,7 +2,7 @@
 
 Reads the ``pretrain`` section and the classifier's architecture (``classifier.backbone``, ``patch_size``,
 ``depth``); renders the corpus in memory (:mod:`pipeline.data.corpus`: image-level labels only, no toy
-class design, no mask) and trains a plain ViT on it (:mod:`pipeline.pretrain`). Writes
+class design, no mask) and trains a plain ViT on it (:mod:`pipeline.train.pretrain`). Writes
 
 - ``weights/pretrained_vit.pth``: the backbone's timm state dict without the head. The default
   ``classifier.pretrained`` names it, so ``train_cls`` depends on it through DVC and fine-tunes it as it
@@ -10,7 +10,7 @@ class design, no mask) and trains a plain ViT on it (:mod:`pipeline.pretrain`). 
 - ``reports/pretrain/metrics.json`` (final loss, train / held-out top-1) and per-epoch curves.
 
 With ``pretrain.teacher`` set (a weights file under weights/, a DVC dependency), an ImageNet CNN teaches the ViT
-as it learns (:mod:`pipeline.distill`); the file still holds the plain ViT.
+as it learns (:mod:`pipeline.train.distill`); the file still holds the plain ViT.
 
 ``pretrain.enabled: false`` writes a placeholder instead (stage ``check`` then refuses
 ``classifier.pretrained: pretrained_vit.pth``). Resumable like the other trainers (``models/pretrain_ckpt``).
@@ -24,14 +24,15 @@ import time
 import numpy as np
 import torch
 
-from pipeline.config import PRETRAINED_VIT, Params, weights_file
+from pipeline.common.device import cpu_count
+from pipeline.common.io import write_json, write_text, write_torch
+from pipeline.common.parallel import map_items
+from pipeline.config import Params, weights_file
 from pipeline.data.corpus import corpus_classes, render_chunk
-from pipeline.device import cpu_count
-from pipeline.distill import build_teacher
-from pipeline.io import write_json, write_text, write_torch
-from pipeline.parallel import map_items
-from pipeline.pretrain import backbone_state, pretrain_vit
-from pipeline.training import Checkpoint, Curves, epoch_hook, setup_distributed, teardown
+from pipeline.train.distill import build_teacher
+from pipeline.train.harness import Checkpoint, Curves, epoch_hook, setup_distributed, teardown
+from pipeline.train.pretrain import backbone_state, pretrain_vit
+from pipeline.vocabulary import PRETRAINED_VIT
 from stages._common import MODELS, REPORTS, stage_main, write_empty_plots, write_timing
 from stages._resume import run_tag
 

@@ -23,23 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cams import load_cam_scores
+from pipeline.cams.infer import load_cam_scores
+from pipeline.common.io import DataError, atomic_dir, read_label_png, read_npz, write_json, write_label_png
+from pipeline.common.parallel import fold_items
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.io import DataError, atomic_dir, read_label_png, read_npz, write_json, write_label_png
 from pipeline.metrics import thresholds_from
-from pipeline.parallel import fold_items
 from pipeline.postprocess.labels import QualityTotal, label_quality, pseudo_labels_keyed, sparse_counts, sweep_counts
+from pipeline.vocabulary import CAM_VARIANTS, POST_METHODS
 from stages._common import CAMS, MANIFEST, PSEUDO, REPORTS, SCORES, stage_main
 
-CAM_SOURCES = ("cam", "avg", "aream", "first_k")
-POST_SOURCES = ("par", "crf", "psa")
 REPORT = REPORTS / "pseudo" / "metrics.json"
 
 
 def source_scores(sample_id: str, source: str, cams: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(keys (K,) int64, scores (K, H, W) float32) of one image from one source."""
-    if source in CAM_SOURCES:
+    if source in CAM_VARIANTS:
         return np.asarray(cams["keys"], np.int64), load_cam_scores(cams, source)
     path = SCORES / source / f"{sample_id}.npz"
     npz = read_npz(path)
@@ -72,7 +71,7 @@ def configured_sources(variants: list[str]) -> tuple[str, ...]:
     """Every score source this stage measures: the exported CAM variants (``cams.variants``) and the three
     post-processing methods (all dvc.yaml dependencies). A file missing for any image is an error that
     names it, never a source silently dropped."""
-    return tuple(s for s in CAM_SOURCES if s in variants) + POST_SOURCES
+    return tuple(s for s in CAM_VARIANTS if s in variants) + POST_METHODS
 
 
 def run(params: Params) -> None:
@@ -88,11 +87,11 @@ def run(params: Params) -> None:
         raise DataError(f"pseudo.source {cfg.source!r}: not exported "
                         f"(cams.variants: {', '.join(params.cams.variants)})")
     first = read_npz(CAMS / f"{samples[0].id}.npz")
-    missing = [v for v in sources if v in CAM_SOURCES and v not in first]
+    missing = [v for v in sources if v in CAM_VARIANTS and v not in first]
     if missing:
         raise DataError(f"{CAMS / samples[0].id}.npz: no {missing[0]!r} CAMs, but cams.variants lists it "
                         "(rerun stage export_cams)")
-    for method in POST_SOURCES:
+    for method in POST_METHODS:
         if not (SCORES / method).is_dir():
             raise DataError(f"{SCORES / method}: no {method} scores (run stage postprocess_{method})")
 

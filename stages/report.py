@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pipeline.common.io import read_json, write_json, write_text
+from pipeline.common.markdown import pct, table
 from pipeline.config import Params
-from pipeline.io import read_json, write_json, write_text
-from pipeline.markdown import pct, table
-from pipeline.summary import HEADLINE, POST_SOURCES, headline
-from pipeline.summary import table_one as table_one_values
+from pipeline.evaluate.summary import HEADLINE, headline
+from pipeline.evaluate.summary import table_one as table_one_values
+from pipeline.vocabulary import POST_METHODS
 from stages._common import REPORTS, stage_main
 
 REPORT = REPORTS / "report.md"
@@ -167,8 +168,8 @@ def build_report(params: Params, reports: Path = REPORTS) -> str:
 
 
 def table1(params: Params, reports: Path = REPORTS) -> dict:
-    """reports/table1.json (:func:`pipeline.summary.table_one`)."""
-    post = {m: _load(reports / "postprocess" / f"{m}.json") for m in POST_SOURCES}
+    """reports/table1.json (:func:`pipeline.evaluate.summary.table_one`)."""
+    post = {m: _load(reports / "postprocess" / f"{m}.json") for m in POST_METHODS}
     return table_one_values(_load(reports / "cams" / "metrics.json"), _load(reports / "cams_base" / "metrics.json"),
                             post, _load(reports / "evaluate" / "metrics.json"),
                             _load(reports / "evaluate_gt" / "metrics.json"), params.post.cam_variant,

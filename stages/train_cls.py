@@ -5,7 +5,7 @@ train_cls, aream, par and seed (and dataset, for the checkpoint tag). Writes
 
 - ``models/classifier/model.pt``: the final classifier (``pipeline.models.vit.load_classifier``);
 - ``models/classifier_ckpt/last.pt``: a checkpoint after every epoch (model, optimizer, schedule, RNG
-  states, history; :class:`pipeline.training.Checkpoint`), tagged with :func:`stages._resume.run_tag` of
+  states, history; :class:`pipeline.train.harness.Checkpoint`), tagged with :func:`stages._resume.run_tag` of
   the params, device type, world size, the stage's code, the prepared data and the starting weights. On
   start a checkpoint with the same tag is resumed (the result equals an uninterrupted run); one with
   another tag is ignored and training starts fresh. A finished run deletes it, so ``dvc repro -f``
@@ -32,15 +32,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.common.io import DataError, write_json, write_text
+from pipeline.common.progress import progress
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
-from pipeline.io import DataError, write_json, write_text
 from pipeline.models.vit import save_classifier
-from pipeline.train_cls import Callbacks, train_classifier
-from pipeline.progress import progress
-from pipeline.training import Checkpoint, Curves, amp_dtype, setup_distributed, teardown
-from stages._common import (CLASSIFIER, CLASSIFIER_BASE, CLASSIFIER_BASE_CKPT, CLASSIFIER_CKPT, MANIFEST, PREPARED,
-                            REPORTS, SKIPPED, stage_main, write_empty_plots, write_timing)
+from pipeline.train.classifier import Callbacks, train_classifier
+from pipeline.train.harness import Checkpoint, Curves, amp_dtype, setup_distributed, teardown
+from stages._common import (
+    CLASSIFIER,
+    CLASSIFIER_BASE,
+    CLASSIFIER_BASE_CKPT,
+    CLASSIFIER_CKPT,
+    MANIFEST,
+    PREPARED,
+    REPORTS,
+    SKIPPED,
+    stage_main,
+    write_empty_plots,
+    write_timing,
+)
 from stages._resume import run_tag
 
 CHECKPOINT = CLASSIFIER_CKPT / "last.pt"

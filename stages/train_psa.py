@@ -4,7 +4,7 @@
    power ``crf.alpha_low`` and ``crf.alpha_high``; PSA's rule keeps confident foreground (low
    power), confident background (high power) and ignores the rest (255). Images run in parallel, and
    each label map goes to ``models/affinitynet_ckpt/confident/<id>.png`` (removed when done).
-2. AffinityNet (``psa`` params, params.yaml's ``seed``) learns from them (:mod:`pipeline.train_affinity`),
+2. AffinityNet (``psa`` params, params.yaml's ``seed``) learns from them (:mod:`pipeline.train.affinity`),
    reading each image and label map when a batch needs it, so memory does not grow with the training set;
    checkpointing every epoch to ``models/affinitynet_ckpt/last.pt`` under a tag of the params, the code, the
    data, the confident labels and the starting weights (resumed only under the same tag, deleted when done).
@@ -18,7 +18,6 @@ fraction left unlabelled) and per-epoch curves in ``reports/train_psa/live``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import shutil
 from pathlib import Path
@@ -26,16 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import CRF, ConfigError, Params, params_hash, weights_file
+from pipeline.common.device import cpu_count
+from pipeline.common.digests import array_sha256, json_tag, sequence_sha256
+from pipeline.common.io import FileSequence, read_label_png, read_rgb, write_json, write_label_png
+from pipeline.common.parallel import map_items
+from pipeline.config import CRF, ConfigError, Params, weights_file
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.device import cpu_count
-from pipeline.io import FileSequence, read_label_png, read_rgb, write_json, write_label_png
 from pipeline.models.affinitynet import save_affinitynet
-from pipeline.parallel import map_items
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_regions
-from pipeline.train_affinity import SUMMED, train_affinitynet
-from pipeline.training import Checkpoint, Curves, epoch_hook, gather_shards, setup_distributed, teardown
+from pipeline.train.affinity import SUMMED, train_affinitynet
+from pipeline.train.harness import Checkpoint, Curves, epoch_hook, gather_shards, setup_distributed, teardown
 from stages._cam_inputs import load_cam_inputs
 from stages._common import AFFINITYNET, AFFINITYNET_CKPT, MANIFEST, PREPARED, REPORTS, stage_main
 from stages._resume import run_tag
@@ -60,23 +60,13 @@ def confident_one(sample: Sample, variant: str, crf: CRF, num_classes: int) -> t
     return label, quality
 
 
-def label_digest(label: np.ndarray) -> str:
-    """sha256 of one confident label map (shape and bytes)."""
-    return hashlib.sha256(str(label.shape).encode() + label.tobytes()).hexdigest()
-
-
-def labels_digest(digests: list[str]) -> str:
-    """sha256 of the confident label maps AffinityNet learns from, from their :func:`label_digest` in order."""
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
-
-
 def confident_to_file(sample: Sample, folder: Path, variant: str, crf: CRF,
                       num_classes: int) -> tuple[str, dict | None]:
     """:func:`confident_one`, its label map written to ``folder/<id>.png``; returns (its digest, quality), so
     no process holds every label map (VOC train_aug: ~0.75 MB each at full size)."""
     label, quality = confident_one(sample, variant, crf, num_classes)
     write_label_png(folder / f"{sample.id}.png", label)
-    return label_digest(label), quality
+    return array_sha256(label), quality
 
 
 def run(params: Params) -> None:
@@ -116,7 +106,7 @@ def run(params: Params) -> None:
         torch.set_num_threads(cpu_count())
     tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "seed": params.seed, "device": device.type,
                                        "world": dist.world_size,
-                                       "labels": labels_digest([r[0] for r in results])},
+                                       "labels": sequence_sha256([r[0] for r in results])},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.pretrained)])
     checkpoint = Checkpoint(CHECKPOINT, tag, "train_psa", dist)
     resume = checkpoint.load()
@@ -139,7 +129,7 @@ def run(params: Params) -> None:
     metrics = {**last, "epochs": len(history), "confident_miou": quality["miou"],
                "confident_ignored": quality["ignored"], "images": len(samples)}
     save_affinitynet(model.cpu(), MODEL, extra={
-        "params_hash": params_hash({"psa": cfg.model_dump(), "seed": params.seed, "crf": params.crf.model_dump(),
+        "params_hash": json_tag({"psa": cfg.model_dump(), "seed": params.seed, "crf": params.crf.model_dump(),
                                     "post": params.post.model_dump()}),
         "metrics": {**last, "confident_miou": quality["miou"], "confident_ignored": quality["ignored"]}})
     write_json(METRICS, metrics)

@@ -3,10 +3,10 @@
 Reads the train split of ``data/prepared/manifest.json`` and, per image, ``data/pseudo/<id>.png``
 (``seg.labels: pseudo``) or the ground-truth mask (``seg.labels: gt``, the fully supervised upper
 bound; images without a mask are skipped and counted). Trains per the ``seg`` section and
-params.yaml's ``seed`` (see ``pipeline/train_seg.py``) and writes:
+params.yaml's ``seed`` (see ``pipeline/train/segmenter.py``) and writes:
 
 - ``models/segmenter/model.pt``: weights + ``seg`` section + class names (``load_segmenter``);
-- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint (:class:`pipeline.training.Checkpoint`)
+- ``models/segmenter_ckpt/last.pt``: end-of-epoch checkpoint (:class:`pipeline.train.harness.Checkpoint`)
   tagged with :func:`stages._resume.run_tag` of the ``seg``, ``seed`` and ``dataset`` params, the device type, the
   world size, the stage's code, the prepared data, the bytes of the training labels and the starting
   weights. A rerun with the same tag resumes after the last finished
@@ -33,16 +33,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.device import seed_everything
+from pipeline.common.digests import label_files_tag
+from pipeline.common.io import DataError, write_json, write_text
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
-from pipeline.device import seed_everything
-from pipeline.io import DataError, write_json, write_text
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from pipeline.train_seg import SegTrainSet, TrainState, labels_digest, load_pair, train_segmenter, training_pairs
-from pipeline.training import Checkpoint, Curves, setup_distributed, teardown, wrap
-from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
-                            SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_empty_plots,
-                            write_timing)
+from pipeline.train.harness import Checkpoint, Curves, setup_distributed, teardown, wrap
+from pipeline.train.segmenter import SegTrainSet, TrainState, load_pair, train_segmenter, training_pairs
+from stages._common import (
+    MANIFEST,
+    PREPARED,
+    PSEUDO,
+    REPORTS,
+    SEGMENTER,
+    SEGMENTER_CKPT,
+    SEGMENTER_GT,
+    SEGMENTER_GT_CKPT,
+    SKIPPED,
+    stage_main,
+    write_empty_plots,
+    write_timing,
+)
 from stages._resume import run_tag
 
 LIVE_KEYS = ("loss", "pixel_acc", "lr")  # per-epoch curves (throughput varies run to run: reports/timing/)
@@ -88,7 +100,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
     tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "seed": params.seed,
                                        "dataset": params.dataset.model_dump(),
                                        "world": dist.world_size, "device": device.type,
-                                       "labels": labels_digest(pairs), "num_classes": num_classes},
+                                       "labels": label_files_tag(pairs), "num_classes": num_classes},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
     model = build_segmenter(cfg, num_classes).to(device)
     net = wrap(model, dist, device, sync_bn=True)

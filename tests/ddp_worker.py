@@ -1,6 +1,7 @@
 """One trainer of pipeline/ on tiny data, for ``torchrun --nproc_per_node 2`` (gloo on the CPU).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py classifier|segmenter|affinitynet|pretrain OUT [N]
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py TRAINER OUT [N]
+      (TRAINER: classifier | segmenter | affinitynet | pretrain)
     python tests/ddp_worker.py TRAINER OUT [N]          # the same training in one process
 
 N samples (default 9: an odd count the order must pad). Each process writes OUT/rank<r>.json with a digest
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # run as a script: the project onto the path first
 sys.path.insert(0, str(ROOT))
 
+from pipeline.common.device import seed_everything  # noqa: E402
 from pipeline.config import defaults, load_params  # noqa: E402
 from pipeline.data.manifest import Sample  # noqa: E402
-from pipeline.device import seed_everything  # noqa: E402
-from pipeline.training import setup_distributed, teardown, unwrap  # noqa: E402
+from pipeline.train.harness import setup_distributed, teardown, unwrap  # noqa: E402
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -67,7 +68,7 @@ def main(which: str, out: Path, n: int = 9) -> None:
     if which == "classifier":
         from PIL import Image
 
-        from pipeline.train_cls import train_classifier
+        from pipeline.train.classifier import train_classifier
 
         samples = []
         for i, (image, label) in enumerate(data):
@@ -87,8 +88,8 @@ def main(which: str, out: Path, n: int = 9) -> None:
         model, finished = result.model, result.finished
     elif which == "segmenter":
         from pipeline.models.segmenter import build_segmenter
-        from pipeline.train_seg import SegTrainSet, train_segmenter
-        from pipeline.training import wrap
+        from pipeline.train.harness import wrap
+        from pipeline.train.segmenter import SegTrainSet, train_segmenter
 
         cfg = SCRATCH.seg.replace(decoder_channels=16, crop_size=32, batch_size=4, epochs=2,
                                      scale_range=[0.75, 1.25])
@@ -98,7 +99,7 @@ def main(which: str, out: Path, n: int = 9) -> None:
         finished = len(history) == cfg.epochs
     elif which == "pretrain":
         from pipeline.data.corpus import corpus_classes, render_chunk
-        from pipeline.pretrain import pretrain_vit
+        from pipeline.train.pretrain import pretrain_vit
 
         corpus = render_chunk(("train", 0, 9), corpus_classes(3), seed=0, size=24)
         cfg = SCRATCH.pretrain.replace(num_classes=3, image_size=24, epochs=2, batch_size=4, warmup_epochs=1)
@@ -106,11 +107,12 @@ def main(which: str, out: Path, n: int = 9) -> None:
         model, history = pretrain_vit(arch, cfg, corpus, corpus, 3, device, dist=dist, progress=False)
         finished = len(history) == cfg.epochs
     else:
-        from pipeline.train_affinity import train_affinitynet
-        from pipeline.training import gather_shards
+        from pipeline.train.affinity import train_affinitynet
+        from pipeline.train.harness import gather_shards
 
         # train_psa's confident regions: every process labels every 2nd image, all get the whole list
-        extra["gathered"] = gather_shards([i * i for i in range(9)][dist.rank::dist.world_size], 9, dist) == [i * i for i in range(9)]
+        expected = [i * i for i in range(9)]
+        extra["gathered"] = gather_shards(expected[dist.rank::dist.world_size], 9, dist) == expected
         cfg = SCRATCH.psa.replace(crop_size=32, epochs=2, batch_size=4, embed_dim=16, radius=3)
         model, history = train_affinitynet([d[0] for d in data], [d[1] for d in data], cfg, device, seed=0,
                                            dist=dist, progress=False)

@@ -7,11 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from pipeline.analysis import attended_keys, first_k_refinements, hellinger_distance, tile_grid, upsample_scores
-from pipeline.aream import first_k_affinity, refine_cams, refine_per_layer
-from pipeline.cams import refine_variants
 from test_cams import FakeViT, _dataset
+
+from pipeline.analysis.measures import (
+    attended_keys,
+    first_k_refinements,
+    hellinger_distance,
+    tile_grid,
+    upsample_scores,
+)
+from pipeline.cams.aream import first_k_affinity, refine_cams, refine_per_layer
+from pipeline.cams.infer import refine_variants
 
 torch.set_num_threads(1)
 
@@ -104,8 +110,8 @@ def test_token_labels_majority_of_labelled_pixels():
 
 
 def test_oracle_affinity_spreads_a_cam_over_its_own_segment_only():
-    from pipeline.analysis import oracle_affinity
-    from pipeline.aream import refine_cams
+    from pipeline.analysis.measures import oracle_affinity
+    from pipeline.cams.aream import refine_cams
 
     labels = torch.tensor([0, 1, 1, 0])
     a = oracle_affinity(labels)
@@ -117,7 +123,7 @@ def test_oracle_affinity_spreads_a_cam_over_its_own_segment_only():
 
 
 def test_segment_attention_hand_case():
-    from pipeline.analysis import segment_attention
+    from pipeline.analysis.measures import segment_attention
 
     labels = torch.tensor([0, 1, 1, 0])
     attn = torch.tensor([[[0.5, 0.25, 0.25, 0.0],    # background query: 0.5 on objects
@@ -133,8 +139,15 @@ def test_segment_attention_hand_case():
 
 
 def test_analysis_stage_outputs(tmp_path):
-    from pipeline.layer_analysis import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
-                                         select_samples, summary_metrics)
+    from pipeline.analysis.layers import (
+        analyze,
+        draw_figures,
+        layer_rows,
+        layers_csv,
+        layers_markdown,
+        select_samples,
+        summary_metrics,
+    )
 
     samples = select_samples(_dataset(tmp_path, 6), 4)
     assert [s.id for s in samples] == ["img1", "img2", "img4", "img5"]  # img0 has no mask; evenly spaced
@@ -172,12 +185,12 @@ def test_analysis_stage_outputs(tmp_path):
 
 def test_both_stages_run_with_a_real_classifier(tmp_path, monkeypatch):
     """stages.export_cams.run and stages.analyze_layers.run on a tiny random classifier in a scratch project."""
-    from pipeline.config import load_params
-    from pipeline.data.manifest import Manifest
-    from pipeline.io import read_json, write_json
-    from pipeline.models.vit import build_classifier, save_classifier
     import stages.analyze_layers as analyze_stage
     import stages.export_cams as export_stage
+    from pipeline.common.io import read_json, write_json
+    from pipeline.config import load_params
+    from pipeline.data.manifest import Manifest
+    from pipeline.models.vit import build_classifier, save_classifier
 
     monkeypatch.chdir(tmp_path)
     samples = _dataset(tmp_path, 6)

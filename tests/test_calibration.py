@@ -1,17 +1,29 @@
 """The calibration stage's library: mask statistics, the token-grid ceiling, the standard CNN CAM."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.calibration import (VOC_PUBLISHED, VOC_SAMPLES, CamNet, DataStats, calibration_markdown, cnn_cams,
-                                  freeze_early_layers, freeze_norms, grid_labels, input_shape, mask_statistics,
-                                  threshold_miou, train_cam_net)
+from pipeline.analysis.calibration import (
+    VOC_PUBLISHED,
+    VOC_SAMPLES,
+    CamNet,
+    DataStats,
+    calibration_markdown,
+    cnn_cams,
+    freeze_early_layers,
+    freeze_norms,
+    grid_labels,
+    input_shape,
+    mask_statistics,
+    threshold_miou,
+    train_cam_net,
+)
+from pipeline.config import ROOT
 from pipeline.metrics import confusion_matrix, miou
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "VOCdevkit" / "VOC2012"
+REALDATA = ROOT.parent / "shared" / "realdata" / "VOCdevkit" / "VOC2012"
 
 
 def test_mask_statistics_hand_case():

@@ -1,4 +1,4 @@
-"""CAM export: TTA merge, the refinement variants against pipeline.aream, storage, sweep, resume."""
+"""CAM export: TTA merge, the refinement variants against pipeline.cams.aream, storage, sweep, resume."""
 
 from __future__ import annotations
 
@@ -11,13 +11,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.aream import (average_affinity, first_k_affinity, layer_entropy, reactivated_affinity,
-                            reactivation_weights, refine_cams)
-from pipeline.cams import (gather_classes, infer_cams, input_side, load_cam_scores, normalize_maps, normalize_max,
-                           output_size, pack_cams, refine_variants, resize_images, variant_affinities)
+from pipeline.cams.aream import (
+    average_affinity,
+    first_k_affinity,
+    layer_entropy,
+    reactivated_affinity,
+    reactivation_weights,
+    refine_cams,
+)
+from pipeline.cams.infer import (
+    gather_classes,
+    infer_cams,
+    input_side,
+    load_cam_scores,
+    normalize_maps,
+    normalize_max,
+    output_size,
+    pack_cams,
+    refine_variants,
+    resize_images,
+    variant_affinities,
+)
+from pipeline.common.io import read_npz, write_label_png, write_rgb
 from pipeline.config import defaults
 from pipeline.data.manifest import Sample
-from pipeline.io import read_npz, write_label_png, write_rgb
 from pipeline.metrics import ThresholdSweep
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
@@ -298,7 +315,7 @@ def _dataset(tmp: Path, n: int = 5) -> list[Sample]:
 
 
 def test_export_resumes_and_wipes_stale_files(tmp_path):
-    from pipeline.cam_export import export_cams, prepare_out_dir
+    from pipeline.cams.export import export_cams, prepare_out_dir
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
@@ -324,7 +341,7 @@ def test_export_resumes_and_wipes_stale_files(tmp_path):
 def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
     """CAM = 'red minus green' for class 1 and 'green minus red' for class 2 (the _dataset's objects): a
     misaligned resize, flip, stride or upsampling anywhere on the way would pull the mIoU down."""
-    from pipeline.cam_export import cam_quality, export_cams
+    from pipeline.cams.export import cam_quality, export_cams
 
     samples = _dataset(tmp_path)
     oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
@@ -337,7 +354,7 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
 
 
 def test_cam_quality_and_csv(tmp_path):
-    from pipeline.cam_export import cam_quality, export_cams, sweep_csv
+    from pipeline.cams.export import cam_quality, export_cams, sweep_csv
 
     samples = _dataset(tmp_path)
     out = tmp_path / "cams"
@@ -352,7 +369,7 @@ def test_cam_quality_and_csv(tmp_path):
     assert lines[0] == "threshold,cam,avg,aream,first_k" and len(lines) == 10
     # the same numbers by hand for one variant
     sweep = ThresholdSweep(np.round(np.arange(9) * 0.1, 6), 4)
-    from pipeline.io import read_label_png
+    from pipeline.common.io import read_label_png
     for s in samples[1:]:
         npz = read_npz(out / f"{s.id}.npz")
         sweep.add(load_cam_scores(npz, "avg"), npz["keys"], read_label_png(s.mask))

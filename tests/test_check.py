@@ -5,12 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_params
-from pipeline.io import DataError, write_label_png, write_rgb
-from stages.check import run
+from pipeline.common.io import DataError, write_label_png, write_rgb
+from pipeline.config import ROOT, ConfigError, load_params
 from stages._common import CHECKED
-
-ROOT = Path(__file__).resolve().parent.parent
+from stages.check import run
 
 
 def _voc(base: Path, lists: dict[str, str] | None = None) -> Path:

@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, defaults, plain_doc
+from pipeline.config import ROOT, ConfigError, defaults, plain_doc
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 MAIN = re.compile(r'^if __name__ == "__main__":', re.MULTILINE)
 
 
 def _modules(package: str) -> list[str]:
     """``package.x`` for every public module of ``package`` that runs as ``python -m``."""
-    return sorted(f"{package}.{p.stem}" for p in (ROOT / package).glob("*.py")
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / package).rglob("*.py")
                   if not p.name.startswith("_") and MAIN.search(p.read_text(encoding="utf-8")))
 
 
@@ -30,10 +29,11 @@ STAGES = _modules("stages")
 TOOLS = _modules("pipeline")
 BENCHMARKS = sorted(f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py"))
 ENTRY_POINTS = STAGES + TOOLS + BENCHMARKS
-# importing prefect creates its home, ./.prefect by default (pipeline/parallel.py prefect_env), before main() runs
+# importing prefect creates its home, ./.prefect by default (pipeline/common/parallel.py prefect_env), before main()
+# runs
 def test_the_entry_points_are_found():
-    assert {"pipeline.compare", "pipeline.config", "pipeline.predict", "pipeline.flow",
-            "pipeline.codedeps"} <= set(TOOLS)
+    assert {"pipeline.tools.compare", "pipeline.config", "pipeline.tools.predict", "pipeline.tools.flow",
+            "pipeline.common.codedeps"} <= set(TOOLS)
     assert {"stages.report", "stages.train_cls", "stages.evaluate", "stages.prepare"} <= set(STAGES)
     assert "stages._common" not in STAGES and len(BENCHMARKS) >= 5
 
@@ -119,8 +119,9 @@ def test_stage_main_prints_a_config_error_as_one_line(monkeypatch, capsys):
 
 
 def test_plain_doc_drops_sphinx_markup():
-    doc = "Reads ``a.json`` (:func:`pipeline.io.read_json`, :class:`~pipeline.config.ConfigError`). Usage::\n\n  x\n"
-    assert plain_doc(doc) == "Reads a.json (pipeline.io.read_json, ConfigError). Usage:\n\n  x\n"
+    doc = ("Reads ``a.json`` (:func:`pipeline.common.io.read_json`, :class:`~pipeline.config.ConfigError`). "
+           "Usage::\n\n  x\n")
+    assert plain_doc(doc) == "Reads a.json (pipeline.common.io.read_json, ConfigError). Usage:\n\n  x\n"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -176,13 +177,13 @@ def _hub_affinitynet():
 
 
 def _hub_camnet():
-    from pipeline.calibration import CamNet
+    from pipeline.analysis.calibration import CamNet
 
     CamNet("resnet18", 3, hub=True)
 
 
 def _hub_teacher():
-    from pipeline.distill import build_teacher
+    from pipeline.train.distill import build_teacher
 
     build_teacher(SCRATCH.pretrain.replace(teacher="timm", teacher_backbone="resnet18", teacher_stride=8))
 
@@ -208,7 +209,7 @@ def test_predict_prints_the_class_names(tmp_path, capsys):
     from PIL import Image
 
     from pipeline.models.segmenter import build_segmenter, save_segmenter
-    from pipeline.predict import main
+    from pipeline.tools.predict import main
 
     torch.manual_seed(0)
     model = tmp_path / "model.pt"

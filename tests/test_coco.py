@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.data.coco import (CocoAnn, coco_classes, coco_items, load_coco_json, rasterize,
-                                segmentation_to_mask)
-from pipeline.io import DataError
+from pipeline.common.io import DataError
+from pipeline.config import ROOT
+from pipeline.data.coco import CocoAnn, coco_classes, coco_items, load_coco_json, rasterize, segmentation_to_mask
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "coco"
+REALDATA = ROOT.parent / "shared" / "realdata" / "coco"
 H, W = 8, 10
 
 

@@ -2,7 +2,8 @@
 
 import textwrap
 
-from pipeline.codedeps import closure, code_digest
+from pipeline.common.codedeps import closure
+from pipeline.common.digests import code_sha256
 
 
 def _tree(root, files: dict[str, str]) -> None:
@@ -37,11 +38,11 @@ def test_closure_follows_every_kind_of_project_import(tmp_path):
         "pipeline/sub/__init__.py", "pipeline/sub/b.py", "stages/__init__.py", "stages/one.py"]
 
 
-def test_code_digest_changes_with_any_file_of_the_closure_only(tmp_path):
+def test_code_sha256_changes_with_any_file_of_the_closure_only(tmp_path):
     _tree(tmp_path, {"stages/__init__.py": "", "stages/one.py": "import pipeline.a\n",
                      "pipeline/__init__.py": "", "pipeline/a.py": "x = 1\n", "pipeline/other.py": ""})
-    before = code_digest("stages.one", tmp_path)
+    before = code_sha256("stages.one", tmp_path)
     (tmp_path / "pipeline/other.py").write_text("# not imported by stages.one\n")
-    assert code_digest("stages.one", tmp_path) == before
+    assert code_sha256("stages.one", tmp_path) == before
     (tmp_path / "pipeline/a.py").write_text("x = 1  # an edit\n")
-    assert code_digest("stages.one", tmp_path) != before
+    assert code_sha256("stages.one", tmp_path) != before

@@ -1,11 +1,11 @@
-"""pipeline.compare: Table I / Table II Markdown from `dvc exp show` rows."""
+"""pipeline.tools.compare: Table I / Table II Markdown from `dvc exp show` rows."""
 
 import json
 import math
 
 import pytest
 
-from pipeline.compare import changed_params, comparison_markdown, metric, param_names
+from pipeline.tools.compare import changed_params, comparison_markdown, metric, param_names
 
 
 def _row(rev, name, lam, enabled, cam, seg):
@@ -68,7 +68,7 @@ def _seed_rows():
 
 
 def test_runs_that_differ_only_in_the_seed_form_one_group_with_a_known_spread():
-    from pipeline.compare import collect_runs, group_runs
+    from pipeline.tools.compare import collect_runs, group_runs
 
     runs = collect_runs(_seed_rows(), NAMES)
     assert [r.name for r in runs] == ["workspace", "a1", "a2", "b0", "b1"]  # `main` repeats the workspace
@@ -90,7 +90,7 @@ def test_runs_that_differ_only_in_the_seed_form_one_group_with_a_known_spread():
 
 
 def test_paired_difference_per_seed_between_groups_that_differ_in_one_param():
-    from pipeline.compare import collect_runs, group_runs, paired_groups
+    from pipeline.tools.compare import collect_runs, group_runs, paired_groups
 
     on, off = group_runs(collect_runs(_seed_rows(), NAMES))
     (pair,) = paired_groups([on, off])
@@ -103,7 +103,7 @@ def test_paired_difference_per_seed_between_groups_that_differ_in_one_param():
 
 
 def test_groups_that_differ_in_two_params_are_not_paired():
-    from pipeline.compare import collect_runs, group_runs, paired_groups
+    from pipeline.tools.compare import collect_runs, group_runs, paired_groups
 
     rows = _seed_rows()[:3] + [{**_seed_row("c0", 0, False, 30.0, 10.0, 10.0, 8.0), "seg.epochs": 5}]
     groups = group_runs(collect_runs(rows, NAMES))
@@ -111,7 +111,7 @@ def test_groups_that_differ_in_two_params_are_not_paired():
 
 
 def test_table1_rows_outside_the_headline_come_from_table1_json():
-    from pipeline.compare import collect_runs, group_runs
+    from pipeline.tools.compare import collect_runs, group_runs
 
     extra = {"a1": {"cams_affinity_aream_par": 0.2, "seg_val_gt": 0.7}, "a2": {"cams_affinity_aream_par": 0.25}}
     runs = collect_runs(_seed_rows()[1:4], NAMES, read_table1=lambda row: extra.get(row["rev"]))
@@ -122,7 +122,7 @@ def test_table1_rows_outside_the_headline_come_from_table1_json():
 
 
 def test_seeds_markdown_csv_and_json():
-    from pipeline.compare import collect_runs, group_runs, paired_groups, seeds_csv, seeds_markdown, seeds_records
+    from pipeline.tools.compare import collect_runs, group_runs, paired_groups, seeds_csv, seeds_markdown, seeds_records
 
     groups = group_runs(collect_runs(_seed_rows(), NAMES))
     pairs = paired_groups(groups)
@@ -142,7 +142,7 @@ def test_seeds_markdown_csv_and_json():
 
 
 def test_one_run_has_no_std_and_the_seed_runner_queues_then_runs():
-    from pipeline.compare import collect_runs, group_runs, queue_commands, seeds_markdown
+    from pipeline.tools.compare import collect_runs, group_runs, queue_commands, seeds_markdown
 
     (group,) = group_runs(collect_runs(_seed_rows()[:1], NAMES))
     assert group.title() == "default" and group.stats()["CAM"]["std"] is None

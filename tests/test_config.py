@@ -2,15 +2,21 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import (ConfigError, deep_merge, defaults, load_params, parse_params, profile_overrides, read_yaml,
-                             set_args)
-
-ROOT = Path(__file__).resolve().parent.parent
+from pipeline.config import (
+    ROOT,
+    ConfigError,
+    deep_merge,
+    defaults,
+    load_params,
+    parse_params,
+    profile_overrides,
+    read_yaml,
+    set_args,
+)
 
 
 def test_repo_params_yaml_is_valid_and_complete():

@@ -3,14 +3,11 @@ files it imports, external inputs and the validating stage are dependencies, and
 reruns for exactly the seg keys that change its model."""
 
 import re
-from pathlib import Path
 
 import yaml
 
-from pipeline.codedeps import closure
-from pipeline.config import Seg, defaults
-
-ROOT = Path(__file__).resolve().parent.parent
+from pipeline.common.codedeps import closure
+from pipeline.config import ROOT, Seg, defaults
 
 
 def _stages() -> dict:
@@ -42,7 +39,7 @@ def test_code_dependencies_are_exactly_each_stages_import_closure():
         needed = set(closure(module))
         if listed != needed:
             wrong[name] = {"add": sorted(needed - listed), "remove": sorted(listed - needed)}
-    assert wrong == {}, f"fix the code deps in dvc.yaml (python -m pipeline.codedeps stages.<module>): {wrong}"
+    assert wrong == {}, f"fix the code deps in dvc.yaml (python -m pipeline.common.codedeps stages.<module>): {wrong}"
 
 
 def test_external_inputs_are_dependencies():
@@ -119,7 +116,7 @@ def test_stage_outputs_keep_the_run_cache_on():
 def test_the_metric_set_is_compact():
     """`dvc metrics show` / `dvc exp show` list one column per metric key: only report's headline file is a
     DVC metric (per-class IoUs, sweeps and training detail are plain cached outputs or plots)."""
-    from pipeline.summary import HEADLINE
+    from pipeline.evaluate.summary import HEADLINE
 
     metrics = [(name, m) for name, stage in _stages().items() for m in stage.get("metrics", [])]
     assert metrics == [("report", "reports/metrics.json")]

@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, defaults
-from pipeline.distill import (DistilledViT, Teacher, build_teacher, feature_distillation, logit_distillation,
-                              standardise)
-from pipeline.pretrain import backbone_state, build_vit, pretrain_vit
+from pipeline.train.distill import (
+    DistilledViT,
+    Teacher,
+    build_teacher,
+    feature_distillation,
+    logit_distillation,
+    standardise,
+)
+from pipeline.train.pretrain import backbone_state, build_vit, pretrain_vit
 
 # every test builds timm networks from random weights: the offline fixture makes any hub fetch fail loudly
 pytestmark = pytest.mark.usefixtures("offline")
@@ -56,7 +62,7 @@ def test_feature_term_regresses_each_location_standardised_over_channels():
 
 
 def test_teacher_maps_are_pooled_or_resized_to_the_token_grid():
-    from pipeline.distill import to_grid
+    from pipeline.train.distill import to_grid
 
     fine = torch.arange(16.0).view(1, 1, 4, 4)
     torch.testing.assert_close(to_grid(fine, (2, 2))[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
@@ -127,7 +133,7 @@ def test_the_loss_is_cross_entropy_plus_the_weighted_terms_and_both_terms_reach_
 
     import torch.nn.functional as F
 
-    from pipeline.pretrain import build_student, pretrain_loss
+    from pipeline.train.pretrain import build_student, pretrain_loss
 
     torch.manual_seed(0)
     teacher = _teacher(16)
@@ -164,7 +170,7 @@ def test_pretraining_with_a_teacher_logs_both_terms_and_hands_over_the_plain_vit
 
 
 def test_teacher_renormalises_the_students_input_to_its_own_mean_and_std():
-    from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
     teacher = _teacher(16)  # tf_efficientnet_lite0: mean = std = 0.5
     seen = []

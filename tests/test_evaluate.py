@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from pipeline.config import defaults, load_params
-from pipeline.inference import crf_label, image_tensor, predict_probs, side_by_side, to_label
+from pipeline.evaluate.inference import crf_label, image_tensor, predict_probs, side_by_side, to_label
+from pipeline.evaluate.scoring import confusion_csv, summarize
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from pipeline.evaluation import confusion_csv, summarize
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -140,7 +140,7 @@ def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
 
 def test_stage_refuses_a_model_with_other_classes(tmp_path, monkeypatch):
     import stages.evaluate as stage
-    from pipeline.io import DataError
+    from pipeline.common.io import DataError
     from tests.test_train_seg import _write_toy_project
 
     _write_toy_project(tmp_path, n_train=2, n_val=2)
@@ -153,7 +153,7 @@ def test_stage_refuses_a_model_with_other_classes(tmp_path, monkeypatch):
 
 
 def test_overlay_legend_names_every_label_in_either_map():
-    from pipeline.evaluation import overlay_legend
+    from pipeline.evaluate.scoring import overlay_legend
 
     gt = np.array([[0, 2], [255, 2]], np.uint8)
     pred = np.array([[0, 1], [1, 2]], np.uint8)
@@ -164,7 +164,7 @@ def test_overlay_legend_names_every_label_in_either_map():
 
 
 def test_capped_inference_size_and_labels_scaled_back():
-    from pipeline.inference import cap_side, capped_size, label_to_size
+    from pipeline.evaluate.inference import cap_side, capped_size, label_to_size
 
     # 3000 x 2000 capped at 500: scale 1/6 -> 500 x 333 (333.33 rounded); small images untouched
     assert capped_size(2000, 3000, 500) == (333, 500)
@@ -183,7 +183,7 @@ def test_predict_caps_what_the_network_sees_and_writes_full_size_labels(tmp_path
     from PIL import Image
 
     import pipeline.models.segmenter as segmenter
-    from pipeline import predict
+    from pipeline.tools import predict
 
     seen = []
 

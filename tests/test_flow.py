@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from pipeline.config import ROOT
+
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
@@ -71,22 +72,23 @@ def _runs(repo: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def prefect_home(tmp_path_factory):
     """Flow runs (and the temporary Prefect server) of this module keep their database in a scratch folder."""
-    from pipeline import flow  # noqa: F401  (prefect_env before prefect's settings load)
     from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from pipeline.tools import flow  # noqa: F401  (prefect_env before prefect's settings load)
 
     with temporary_settings(updates={PREFECT_HOME: str(tmp_path_factory.mktemp("prefect"))}):
         yield
 
 
 def test_stage_order_follows_dependencies(tmp_path):
-    from pipeline.flow import stage_order
+    from pipeline.tools.flow import stage_order
 
     repo = _scratch_repo(tmp_path)
     assert stage_order(repo) == ["a_first", "b_middle", "c_last"]
 
 
 def test_stage_order_of_this_project_validates_first_and_ends_with_report():
-    from pipeline.flow import stage_order
+    from pipeline.tools.flow import stage_order
 
     order = stage_order(ROOT)
     assert order[:2] == ["generate_toy", "check"] and order[-1] == "report"
@@ -96,7 +98,7 @@ def test_stage_order_of_this_project_validates_first_and_ends_with_report():
 
 
 def test_repro_outcome_and_exit_code_come_from_dvc_output():
-    from pipeline.flow import RAN, RESTORED, UP_TO_DATE, output_tail, repro_outcome, stage_exit_code
+    from pipeline.tools.flow import RAN, RESTORED, UP_TO_DATE, output_tail, repro_outcome, stage_exit_code
 
     assert repro_outcome("a", ["Running stage 'a':", "> cat in.txt > a.txt", "Updating lock file 'dvc.lock'"]) == RAN
     assert repro_outcome("a", ["Stage 'a' is cached - skipping run, checking out outputs"]) == RESTORED
@@ -114,7 +116,7 @@ def test_repro_outcome_and_exit_code_come_from_dvc_output():
 
 
 def test_summary_groups_stages_and_points_at_the_report(tmp_path):
-    from pipeline.flow import RAN, RESTORED, UP_TO_DATE, StageRun, summary
+    from pipeline.tools.flow import RAN, RESTORED, UP_TO_DATE, StageRun, summary
 
     runs = [StageRun("prepare", UP_TO_DATE, 0.4), StageRun("train_cls", RAN, 80.0),
             StageRun("export_cams", RAN, 9.5), StageRun("evaluate", RESTORED, 0.6), StageRun("report", UP_TO_DATE, 0.3)]
@@ -129,7 +131,7 @@ def test_summary_groups_stages_and_points_at_the_report(tmp_path):
 
 @pytest.mark.slow
 def test_real_flow_run(tmp_path, prefect_home):
-    from pipeline.flow import RAN, UP_TO_DATE, pipeline_flow
+    from pipeline.tools.flow import RAN, UP_TO_DATE, pipeline_flow
 
     repo = _scratch_repo(tmp_path)
     done = pipeline_flow(str(repo))
@@ -143,7 +145,7 @@ def test_real_flow_run(tmp_path, prefect_home):
 
 @pytest.mark.slow
 def test_flow_summary_names_the_stages_that_ran(tmp_path, prefect_home):
-    from pipeline.flow import pipeline_flow, summary
+    from pipeline.tools.flow import pipeline_flow, summary
 
     repo = _ab_repo(tmp_path)
 
@@ -165,7 +167,7 @@ def test_flow_summary_names_the_stages_that_ran(tmp_path, prefect_home):
 
 @pytest.mark.slow
 def test_invalid_input_is_not_retried_and_a_crash_is_retried_once(tmp_path, prefect_home, monkeypatch, capsys):
-    import pipeline.flow as pf
+    import pipeline.tools.flow as pf
 
     monkeypatch.setattr(pf, "run_stage", pf.run_stage.with_options(retry_delay_seconds=0))
     repo = _ab_repo(tmp_path)

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io import (DataError, atomic_dir, read_json, read_label_png, read_npz, read_rgb, write_json,
-                         write_label_png, write_npz, write_rgb)
-from pipeline.palette import voc_palette
+from pipeline.common.io import (
+    DataError,
+    atomic_dir,
+    read_json,
+    read_label_png,
+    read_npz,
+    read_rgb,
+    write_json,
+    write_label_png,
+    write_npz,
+    write_rgb,
+)
+from pipeline.common.palette import voc_palette
 
 
 def test_voc_palette_known_entries():
@@ -89,7 +99,7 @@ def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
     """torch.save to a file names the archive after it; write_torch keeps temporary names out."""
     import torch
 
-    from pipeline.io import write_torch
+    from pipeline.common.io import write_torch
 
     state = torch.nn.Linear(3, 2).state_dict()
     write_torch(tmp_path / "a.pt", state)
@@ -104,7 +114,7 @@ def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
 def test_file_sha256_alone_and_into_a_running_hash(tmp_path):
     import hashlib
 
-    from pipeline.io import file_sha256
+    from pipeline.common.digests import file_sha256
 
     (tmp_path / "a").write_bytes(b"abc")
     assert file_sha256(tmp_path / "a") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -114,7 +124,7 @@ def test_file_sha256_alone_and_into_a_running_hash(tmp_path):
 
 
 def test_file_sequence_reads_each_item_when_asked(tmp_path):
-    from pipeline.io import FileSequence
+    from pipeline.common.io import FileSequence
 
     for i in range(3):
         (tmp_path / f"{i}.txt").write_text(str(i * i))

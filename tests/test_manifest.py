@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.common.io import DataError
 from pipeline.data.manifest import Manifest, Sample, labels_from_mask, load_manifest, multi_hot, validate_mask
-from pipeline.io import DataError
 
 
 def _manifest() -> Manifest:

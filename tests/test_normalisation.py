@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.calibration import CamNet
+from pipeline.analysis.calibration import CamNet
 from pipeline.config import load_params
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, FromImageNet, backbone_normalisation, image_to_tensor
 from pipeline.models.affinitynet import AffinityNet
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, FromImageNet, backbone_normalisation, image_to_tensor
 from pipeline.models.segmenter import build_segmenter, encoder_normalisation
-from pipeline.train_seg import mean_rgb
+from pipeline.train.segmenter import mean_rgb
 
 pytestmark = pytest.mark.usefixtures("offline")
 

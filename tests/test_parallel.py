@@ -4,8 +4,8 @@ import functools
 
 import pytest
 
+from pipeline.common.parallel import chunked, fold_items, map_items
 from pipeline.config import defaults
-from pipeline.parallel import chunked, fold_items, map_items
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 

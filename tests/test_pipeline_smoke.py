@@ -20,21 +20,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from pipeline.config import ROOT
+from pipeline.tools.scratch import scratch_env, scratch_project
+
 BIN = Path(sys.executable).parent
-SKIP = {".git", ".venv", "data", "models", "reports", ".pytest_cache", ".prefect", "__pycache__", ".whl", ".gl"}
 
 pytestmark = pytest.mark.slow
 
 
 def _env(cwd):
-    return {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(cwd), "PYTHONUNBUFFERED": "1",
-           "PREFECT_HOME": str(cwd / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t",
-           # the CPU even where a GPU is present: CUDA's atomic-add kernels are not bit-reproducible, and the
-           # same-bytes checks below hold for one CPU machine (make gpu-check runs the DAG on CUDA)
-           "CUDA_VISIBLE_DEVICES": ""}
+    # the CPU even where a GPU is present: CUDA's atomic-add kernels are not bit-reproducible, and the same-bytes
+    # checks below hold for one CPU machine (make gpu-check runs the DAG on CUDA)
+    return {**scratch_env(Path(cwd)), "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _run(cmd, cwd, timeout=900, ok=True):
@@ -65,24 +62,8 @@ def _edit_params(repo, section, key, value):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _copy_project(dst: Path) -> None:
-    def ignore(directory, names):
-        return [n for n in names if n in SKIP and Path(directory) == ROOT or n in {"__pycache__", ".pytest_cache"}]
-    shutil.copytree(ROOT, dst, ignore=ignore)
-    (dst / ".dvc" / "cache").exists() and shutil.rmtree(dst / ".dvc" / "cache")
-    (dst / ".dvc" / "tmp").exists() and shutil.rmtree(dst / ".dvc" / "tmp")
-    (dst / "weights").exists() and [p.unlink() for p in (dst / "weights").iterdir() if p.name not in
-                                    ("none", "timm", "imagenet", "README.md")]
-
-
 def _scratch_project(base) -> Path:
-    repo = base / "project"
-    _copy_project(repo)
-    _run(["git", "init", "-q"], repo)
-    _run([str(BIN / "python"), "-m", "pipeline.config", "apply", "smoke"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "smoke"], repo)
-    return repo
+    return scratch_project(base / "project", _env(base / "project"), "smoke", message="smoke")
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +144,7 @@ def test_forced_rerun_retrains_and_gives_the_same_bytes(smoke_repo):
 
 
 def test_a_code_edit_reruns_exactly_the_stages_that_import_it(smoke_repo):
-    from pipeline.codedeps import closure
+    from pipeline.common.codedeps import closure
 
     stages = yaml.safe_load((smoke_repo / "dvc.yaml").read_text())["stages"]
     importers = {n for n, st in stages.items() if "pipeline/metrics.py" in closure(st["cmd"].split()[2])}
@@ -177,7 +158,7 @@ def test_a_code_edit_reruns_exactly_the_stages_that_import_it(smoke_repo):
     # the case of a finished classifier "resumed" under new code: now it trains, from epoch 1
     train_py = smoke_repo / "pipeline" / "train_cls.py"
     train_py.write_bytes(train_py.read_bytes() + b"\n# an edit\n")
-    r = _dvc("repro", "train_cls", "train_cls_base", cwd=smoke_repo)  # both import pipeline/train_cls.py
+    r = _dvc("repro", "train_cls", "train_cls_base", cwd=smoke_repo)  # both import pipeline/train/classifier.py
     assert "resuming" not in r.stderr and "train_cls: epoch 1/" in r.stderr and "train_cls_base: epoch 1/" in r.stderr
 
 
@@ -302,7 +283,7 @@ def test_files_changed_under_an_external_root_are_seen(external_repo):
     assert (repo / "data/prepared/summary.json").read_text() == summary  # stopped before prepare ran
     image.write_bytes(saved)
     mask = root / "SegmentationClass" / "train_00003.png"
-    from pipeline.io import read_label_png, write_label_png
+    from pipeline.common.io import read_label_png, write_label_png
 
     label = read_label_png(mask)
     label[label == 255] = 0  # "fix" the mask in place
@@ -332,7 +313,7 @@ def test_replaced_weights_at_the_same_path_are_seen(external_repo):
 def test_metrics_and_plots_read_well(smoke_repo):
     """One compact DVC metrics file: `dvc metrics show` and the README's `dvc exp show` form fit a 120-column
     terminal with every headline figure; `dvc plots show` loads every plot without an error."""
-    from pipeline.summary import HEADLINE
+    from pipeline.evaluate.summary import HEADLINE
 
     _dvc("repro", cwd=smoke_repo)
     shown = _dvc("metrics", "show", cwd=smoke_repo).stdout
@@ -351,13 +332,13 @@ def test_metrics_and_plots_read_well(smoke_repo):
 
 
 def test_compare_reads_the_run_from_dvc(smoke_repo):
-    r = _run([str(BIN / "python"), "-m", "pipeline.compare", "--out", "reports/experiments.md"], smoke_repo)
+    r = _run([str(BIN / "python"), "-m", "pipeline.tools.compare", "--out", "reports/experiments.md"], smoke_repo)
     assert "wrote reports/experiments.md" in r.stdout
     lines = (smoke_repo / "reports/experiments.md").read_text().splitlines()
     cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
     header = cells(next(ln for ln in lines if ln.startswith("| experiment |")))
     row = dict(zip(header, cells(next(ln for ln in lines if ln.startswith("| workspace |")))))
-    from pipeline.compare import METRICS
+    from pipeline.tools.compare import METRICS
 
     assert all(row[title] != "-" for title, _, _ in METRICS)  # every Table I column has a value
 
@@ -379,11 +360,11 @@ def test_the_seed_switch_reruns_the_training_stages_and_nothing_upstream(smoke_r
 
 
 def test_the_seed_command_queues_the_seeds_and_writes_their_spread(smoke_repo):
-    """`python -m pipeline.compare seeds 2` (what `make seeds N=2` runs): DVC's queue runs seeds 0 and 1, the
+    """`python -m pipeline.tools.compare seeds 2` (what `make seeds N=2` runs): DVC's queue runs seeds 0 and 1, the
     second retrains the fine-tuning stages only (pretraining and data come from the first), and the spread
     over both lands in reports/seeds.md / .json / .csv, Table I's + PAR row read from each experiment."""
     _dvc("repro", cwd=smoke_repo)  # the workspace is up to date: the queued seed 0 has nothing to run
-    r = _run([str(BIN / "python"), "-m", "pipeline.compare", "seeds", "2"], smoke_repo, timeout=1800)
+    r = _run([str(BIN / "python"), "-m", "pipeline.tools.compare", "seeds", "2"], smoke_repo, timeout=1800)
     ran = re.findall(r"Running stage '(\w+)'", r.stdout + r.stderr)
     assert not set(ran) & {"generate_toy", "prepare", "import_weights", "pretrain"}, ran
     assert TRAINING <= set(ran) and ran.count("train_cls") == 1, ran  # seed 1 only

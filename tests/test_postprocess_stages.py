@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.common.io import DataError, read_label_png, read_npz, write_json, write_label_png, write_npz, write_rgb
 from pipeline.config import load_params
 from pipeline.data.manifest import Manifest, Sample
-from pipeline.io import DataError, read_label_png, read_npz, write_json, write_label_png, write_npz, write_rgb
 
 STRIDE = 4
 IDS = ["a", "b", "c", "d"]

@@ -1,4 +1,4 @@
-"""`python -m pipeline.predict`: palette label PNGs of the right size, overlays, clear errors."""
+"""`python -m pipeline.tools.predict`: palette label PNGs of the right size, overlays, clear errors."""
 
 import subprocess
 import sys
@@ -9,15 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import defaults
+from pipeline.common.palette import voc_palette
+from pipeline.config import ROOT, defaults
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from pipeline.palette import voc_palette
-from pipeline.predict import collect_inputs, main
+from pipeline.tools.predict import collect_inputs, main
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_unreadable_image_is_reported_and_the_rest_written(tmp_path, model_path,
 
 
 def test_scales_option_parses_a_list_and_rejects_bad_values(tmp_path, model_path, capsys):
-    from pipeline.predict import _scales
+    from pipeline.tools.predict import _scales
 
     assert _scales("0.5,1,1.5") == [0.5, 1.0, 1.5]
     with pytest.raises(SystemExit):
@@ -93,7 +92,7 @@ def test_input_errors(tmp_path):
 
 def test_command_line_entry_point(tmp_path, model_path):
     img = _image(tmp_path / "pic.jpg", 16, 20)
-    r = subprocess.run([sys.executable, "-m", "pipeline.predict", "--model", str(model_path), "--out",
+    r = subprocess.run([sys.executable, "-m", "pipeline.tools.predict", "--model", str(model_path), "--out",
                         str(tmp_path / "o"), "--device", "cpu", str(img)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_params
+from pipeline.common.io import DataError, read_label_png, write_label_png, write_rgb
+from pipeline.config import ROOT, ConfigError, load_params
 from pipeline.data.manifest import labels_from_mask, load_manifest
 from pipeline.data.toyvoc import toy_class_names
 from pipeline.data.voc import VOC_CLASSES
-from pipeline.io import DataError, read_label_png, write_label_png, write_rgb
 from stages.prepare import run
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = ROOT.parent / "shared" / "realdata"
 TOY = {"num_classes": 4, "num_train": 6, "num_val": 3, "min_size": 48, "max_size": 64}
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.common.io import write_torch
 from pipeline.config import defaults
-from pipeline.io import write_torch
 from pipeline.models.imagenet_cnn import DS_BLOCK, IR_BLOCK, imagenet_state, to_timm
-from pipeline.pretrain import augment_batch, backbone_state, pretrain_vit
+from pipeline.train.pretrain import augment_batch, backbone_state, pretrain_vit
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -50,7 +50,7 @@ def test_pretrained_vit_seeds_the_classifier(tmp_path):
     """train_cls starts from every pretrained block, its class token (in every class token) and its
     position embedding resampled from the corpus grid (3x3) to the fine-tuning grid (4x4)."""
     from pipeline.models.vit import build_classifier
-    from pipeline.pretrain import build_vit
+    from pipeline.train.pretrain import build_vit
 
     torch.manual_seed(0)
     vit = build_vit(ARCH, TINY, 4)

@@ -4,11 +4,27 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.affinitynet import (AffinityNet, pair_affinity_loss, affinity_matrix, load_affinitynet,
-                                         pair_affinities, pair_border, pair_labels, pair_slices, radius_offsets,
-                                         save_affinitynet)
-from pipeline.postprocess.psa import (confident_labels, downsample_labels, random_crop, random_walk, transition_matrix,
-                                      walk_inputs, walk_scores)
+from pipeline.models.affinitynet import (
+    AffinityNet,
+    affinity_matrix,
+    load_affinitynet,
+    pair_affinities,
+    pair_affinity_loss,
+    pair_border,
+    pair_labels,
+    pair_slices,
+    radius_offsets,
+    save_affinitynet,
+)
+from pipeline.postprocess.psa import (
+    confident_labels,
+    downsample_labels,
+    random_crop,
+    random_walk,
+    transition_matrix,
+    walk_inputs,
+    walk_scores,
+)
 
 
 def block_affinity(labels: np.ndarray) -> np.ndarray:
@@ -251,7 +267,7 @@ def test_affinitynet_resumed_after_an_epoch_equals_an_uninterrupted_run():
     import copy
 
     from pipeline.config import defaults
-    from pipeline.train_affinity import train_affinitynet
+    from pipeline.train.affinity import train_affinitynet
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (24, 24, 3)).astype(np.uint8) for _ in range(5)]

@@ -37,7 +37,7 @@ def test_report_without_upper_bound_has_no_fraction(tmp_path):
 
 
 def test_table_one_takes_each_row_from_its_stage():
-    from pipeline.summary import table_one
+    from pipeline.evaluate.summary import table_one
 
     cams = {"cam": {"best_miou": 0.30}, "avg": {"best_miou": 0.40}, "aream": {"best_miou": 0.33}}
     base = {"cam": {"best_miou": 0.25}, "avg": {"best_miou": 0.28}}
@@ -53,7 +53,7 @@ def test_table_one_takes_each_row_from_its_stage():
 
 
 def test_headline_is_table_one_in_percent_with_the_bound_fraction():
-    from pipeline.summary import HEADLINE, headline
+    from pipeline.evaluate.summary import HEADLINE, headline
 
     t1 = {"cams": 0.25, "cams_affinity": 0.28, "cams_affinity_aream": 0.40, "cams_affinity_aream_par": 0.45,
           "post_processed": 0.5, "seg_val": 0.35, "seg_val_gt": 0.5}

@@ -4,12 +4,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.common.palette import voc_palette
+from pipeline.common.parallel import map_items
 from pipeline.config import defaults
 from pipeline.data.manifest import labels_from_mask
-from pipeline.data.toyvoc import (TOY_CLASS_NAMES, _design, body_group, boundary_band, generate_toyvoc,
-                                  num_body_groups, render_sample, toy_class_names)
-from pipeline.palette import voc_palette
-from pipeline.parallel import map_items
+from pipeline.data.toyvoc import (
+    TOY_CLASS_NAMES,
+    _design,
+    body_group,
+    boundary_band,
+    generate_toyvoc,
+    num_body_groups,
+    render_sample,
+    toy_class_names,
+)
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -139,7 +147,7 @@ def test_unknown_split_is_rejected():
 
 
 def _mask_stats(spec, n=24):
-    from pipeline.calibration import DataStats, mask_statistics
+    from pipeline.analysis.calibration import DataStats, mask_statistics
 
     stats = DataStats()
     for i in range(n):

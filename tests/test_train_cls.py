@@ -8,14 +8,23 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.cams.aream import affinity_loss
 from pipeline.config import load_params
-from pipeline.training import Checkpoint
 from pipeline.models.vit import ClassifierOutput, build_classifier, load_classifier
-from pipeline.training import lr_factor
-from pipeline.train_cls import (ClassificationDataset, aream_targets, average_precision, build_optimizer,
-                                classification_loss, epoch_order, labels_to_grid, mean_average_precision,
-                                present_channels, random_resized_crop_box, train_classifier)
-from pipeline.aream import affinity_loss
+from pipeline.train.classifier import (
+    ClassificationDataset,
+    aream_targets,
+    average_precision,
+    build_optimizer,
+    classification_loss,
+    epoch_order,
+    labels_to_grid,
+    mean_average_precision,
+    present_channels,
+    random_resized_crop_box,
+    train_classifier,
+)
+from pipeline.train.harness import Checkpoint, lr_factor
 
 COLOURS = [(230, 30, 30), (20, 60, 240), (250, 230, 20)]
 TINY = {
@@ -143,7 +152,8 @@ def test_crop_box_and_deterministic_augmentation(tiny_manifest):
         assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 30
     ds = ClassificationDataset(tiny_manifest.split("train"), 3, 32, train=True, jitter=0.3)
     a, target = ds[3]
-    assert a.shape == (3, 32, 32) and target.tolist() == tiny_manifest.multi_hot(tiny_manifest.split("train")[3]).tolist()
+    expected = tiny_manifest.multi_hot(tiny_manifest.split("train")[3])
+    assert a.shape == (3, 32, 32) and target.tolist() == expected.tolist()
     assert torch.equal(ds[3][0], a)  # same (seed, epoch, index) -> same pixels
     ds.set_epoch(1)
     assert not torch.equal(ds[3][0], a)
@@ -240,7 +250,7 @@ def test_stage_resume_gives_the_same_weights(tiny_manifest, tmp_path, monkeypatc
     prepared.unlink()
     assert stage.training_hash(params) == tag
     with monkeypatch.context() as m:
-        m.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
+        m.setattr("pipeline.common.digests.code_sha256", lambda module, root=None: "an edited stage")
         assert stage.training_hash(params) != tag
     # and params that do not shape training (post-processing) keep the tag
     other_crf = load_params(profile="scratch", overrides={**TINY, "crf": {"iterations": 3}})

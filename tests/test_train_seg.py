@@ -10,8 +10,14 @@ import torch
 
 from pipeline.config import Seg, defaults, load_params
 from pipeline.models.segmenter import build_segmenter
-from pipeline.train_seg import (SegTrainSet, TrainState, augment, mean_rgb, poly_lr, segmentation_loss,
-                                train_segmenter)
+from pipeline.train.segmenter import (
+    SegTrainSet,
+    TrainState,
+    augment,
+    poly_lr,
+    segmentation_loss,
+    train_segmenter,
+)
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
@@ -132,7 +138,7 @@ def test_resume_equals_uninterrupted():
 
 
 def _write_toy_project(root, n_train=6, n_val=3, size=32):
-    from pipeline.io import write_json, write_label_png, write_rgb
+    from pipeline.common.io import write_json, write_label_png, write_rgb
 
     pairs = square_pairs(n_train + n_val, size)
     rows = {"train": [], "val": []}
@@ -151,7 +157,7 @@ def _write_toy_project(root, n_train=6, n_val=3, size=32):
 
 def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     import stages.train_seg as stage
-    from pipeline.training import Checkpoint
+    from pipeline.train.harness import Checkpoint
 
     _write_toy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -194,7 +200,7 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(Checkpoint, "save", killed_after_first_checkpoint)
         stage.run(two)
     monkeypatch.setattr(Checkpoint, "save", real_save)
-    monkeypatch.setattr("pipeline.codedeps.code_digest", lambda module, root=None: "an edited stage")
+    monkeypatch.setattr("pipeline.common.digests.code_sha256", lambda module, root=None: "an edited stage")
     stage.run(two)  # the code changed since the checkpoint: trains from scratch
     assert "other params, code" in capsys.readouterr().err
     assert json.loads((tmp_path / "reports/timing/train_seg.json").read_text())["resumed_from_epoch"] == 0

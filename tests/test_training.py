@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline.progress import progress
-from pipeline.training import Checkpoint, Distributed, batches, epoch_order
+from pipeline.common.progress import progress
+from pipeline.train.harness import Checkpoint, Distributed, batches, epoch_order
 
 
 def test_epoch_order_pads_so_every_process_gets_the_same_count():

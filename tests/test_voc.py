@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.common.io import DataError, write_label_png, write_rgb
+from pipeline.config import ROOT
 from pipeline.data.voc import VOC_CLASSES, check_image, labels_from_xml, read_voc, resolve_voc_root, split_ids
-from pipeline.io import DataError, write_label_png, write_rgb
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = ROOT.parent / "shared" / "realdata"
 
 XML = """<annotation><filename>{id}.jpg</filename>
 <object><name>dog</name><difficult>0</difficult></object>

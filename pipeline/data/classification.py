@@ -1,6 +1,6 @@
 """Images with image-level labels for a classifier: the training augmentation (random-resized crop, flip,
 colour jitter) and the mean average precision of multi-label predictions. Shared by the AReAM classifier
-(:mod:`pipeline.train_cls`) and the calibration stage's CNN (:mod:`pipeline.calibration`)."""
+(:mod:`pipeline.train.classifier`) and the calibration stage's CNN (:mod:`pipeline.analysis.calibration`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.data.manifest import multi_hot
-from pipeline.io import read_rgb
-from pipeline.models import image_to_tensor
+from pipeline.common.io import read_rgb
+from pipeline.models.inputs import image_to_tensor
 
 
 def random_resized_crop_box(height: int, width: int, scale: Sequence[float], rng: np.random.Generator,

@@ -25,8 +25,8 @@ from pycocotools import mask as mask_utils
 
 from pipeline.data.manifest import Sample
 from pipeline.data.voc import check_image
-from pipeline.io import DataError, read_json, write_label_png
-from pipeline.palette import IGNORE_INDEX
+from pipeline.common.io import DataError, read_json, write_label_png
+from pipeline.vocabulary import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def render_corpus_image(classes: list[CorpusClass], seed: int, split: str, index
 def render_chunk(item: tuple[str, int, int], classes: list[CorpusClass], seed: int,
                  size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images ``start..stop-1`` of a split as (N, size, size, 3) uint8 and (N,) int64 labels (a picklable
-    job for :func:`pipeline.parallel.map_items`)."""
+    job for :func:`pipeline.common.parallel.map_items`)."""
     split, start, stop = item
     pairs = [render_corpus_image(classes, seed, split, i, size) for i in range(start, stop)]
     return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], np.int64)

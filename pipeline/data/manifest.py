@@ -23,8 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.io import DataError, read_json
-from pipeline.palette import IGNORE_INDEX
+from pipeline.common.io import DataError, read_json
+from pipeline.vocabulary import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import ToySpec
-from pipeline.io import write_bytes, write_label_png, write_text
-from pipeline.palette import IGNORE_INDEX
+from pipeline.common.io import write_bytes, write_label_png, write_text
+from pipeline.vocabulary import IGNORE_INDEX
 
 SPLITS = ("train", "val")
 JPEG_QUALITY = 90
@@ -473,7 +473,7 @@ def generate_toyvoc(root: str | Path, spec: ToySpec,
 
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (VOC palette, mode P),
     ImageSets/Segmentation/{train,val,trainval}.txt. ``map_fn(fn, items, desc)`` fans the per-image
-    work out (e.g. ``functools.partial(pipeline.parallel.map_items, runtime=...)``); default serial.
+    work out (e.g. ``functools.partial(pipeline.common.parallel.map_items, runtime=...)``); default serial.
     """
     voc_root = Path(root) / "VOCdevkit" / "VOC2012"
     items = [("train", i) for i in range(spec.num_train)] + [("val", i) for i in range(spec.num_val)]

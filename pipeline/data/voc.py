@@ -11,7 +11,7 @@
   the sample's mask is None.
 
 Every problem (missing root, split file, image, corrupt image, mask size or values) raises one
-:class:`~pipeline.io.DataError` naming the file.
+:class:`~pipeline.common.io.DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.data.manifest import Sample, labels_from_mask, validate_mask
-from pipeline.io import DataError, read_label_png
+from pipeline.common.io import DataError, read_label_png
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import weights_file
-from pipeline.models import backbone_normalisation, check_state_fits, load_error_summary, loading_weights
+from pipeline.models.inputs import backbone_normalisation
+from pipeline.models.weights import check_state_fits, load_error_summary, loading_weights
 
 
 def radius_offsets(radius: int) -> list[tuple[int, int]]:
@@ -210,14 +211,14 @@ class AffinityNet(nn.Module):
 
 def save_affinitynet(model: AffinityNet, path: str | Path, extra: dict | None = None) -> None:
     """Write weights + architecture atomically (``extra``: params hash, metrics...)."""
-    from pipeline.io import write_torch
+    from pipeline.common.io import write_torch
 
     write_torch(path, {"config": model.config, "state_dict": model.state_dict(), **(extra or {})})
 
 
 def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> AffinityNet:
     """Rebuild an AffinityNet from :func:`save_affinitynet` output (no weight download)."""
-    from pipeline.io import DataError
+    from pipeline.common.io import DataError
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

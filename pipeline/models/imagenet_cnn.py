@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import IMAGENET_CNN_BACKBONE
-from pipeline.io import DataError, file_sha256
+from pipeline.vocabulary import IMAGENET_CNN_BACKBONE
+from pipeline.common.digests import file_sha256
+from pipeline.common.io import DataError
 
 TIMM_NAME = IMAGENET_CNN_BACKBONE
 PACKAGE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"

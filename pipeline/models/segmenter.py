@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Seg, weights_file
-from pipeline.models import (IMAGENET_MEAN, IMAGENET_STD, Triple, backbone_normalisation, check_state_fits,
-                             load_error_summary, loading_weights)
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, Triple, backbone_normalisation
+from pipeline.models.weights import check_state_fits, load_error_summary, loading_weights
 
 ARCHS = ("deeplabv3plus", "deeplabv3", "deeplabv2")
 DEFAULT_STRIDE = {"deeplabv3plus": 16, "deeplabv3": 8, "deeplabv2": 8}
@@ -232,7 +232,7 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay:
 def save_segmenter(model: nn.Module, path: str | Path, class_names: list[str] | tuple[str, ...],
                    extra: dict | None = None) -> None:
     """Write {"state_dict", "seg", "num_classes", "class_names", **extra} atomically."""
-    from pipeline.io import write_torch
+    from pipeline.common.io import write_torch
 
     inner = model.module if hasattr(model, "module") else model
     payload = {"state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
@@ -255,7 +255,7 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     ``model.class_names`` and ``model.meta`` carry the saved metadata. A missing or foreign file
     raises DataError naming it.
     """
-    from pipeline.io import DataError
+    from pipeline.common.io import DataError
 
     path = Path(path)
     if not path.is_file():

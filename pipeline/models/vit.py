@@ -20,7 +20,7 @@ Scores. Two heads read the last layer's normalised tokens:
   logit (from scratch it goes strongly negative, since most classes are absent from most images, and
   would otherwise zero the ReLU map of every class for many epochs).
 
-Both logits are trained with the multi-label soft margin loss (see ``pipeline.train_cls``).
+Both logits are trained with the multi-label soft margin loss (see ``pipeline.train.classifier``).
 
 Attention capture. Each block runs its own attention forward that computes ``q k^T`` once and keeps
 what AReAM needs (no second pass):
@@ -59,8 +59,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
-from pipeline.io import DataError, write_torch
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_error_summary, loading_weights
+from pipeline.common.io import DataError, write_torch
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
+from pipeline.models.weights import load_error_summary, loading_weights
 
 
 @dataclass

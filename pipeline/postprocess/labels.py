@@ -12,7 +12,7 @@ arrays or torch tensors (any device) and return the same kind.
 
 :func:`label_quality` and :func:`sweep_counts` return small per-image counts that add up over a
 data set (they run inside worker processes); :class:`QualityTotal` and :class:`SweepTotal` sum them as
-they arrive (:func:`pipeline.parallel.fold_items`).
+they arrive (:func:`pipeline.common.parallel.fold_items`).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def sweep_summary(sweep: ThresholdSweep) -> dict[str, float | None]:
 
 class SweepTotal:
     """A :class:`ThresholdSweep` summed over images from :func:`sweep_counts` results (None: an image
-    without a mask): the running total of :func:`pipeline.parallel.fold_items`."""
+    without a mask): the running total of :func:`pipeline.common.parallel.fold_items`."""
 
     def __init__(self, thresholds: np.ndarray, num_classes: int):
         self.sweep = ThresholdSweep(thresholds, num_classes)
@@ -185,7 +185,7 @@ class SweepTotal:
         if counts is not None:
             merge_sweep_counts(self.sweep, counts)
 
-    def merge(self, other: "SweepTotal") -> None:
+    def merge(self, other: SweepTotal) -> None:
         self.sweep.hist += other.sweep.hist
 
     def summary(self) -> dict[str, float | None]:
@@ -210,7 +210,7 @@ class QualityTotal:
             self.labelled[name] += quality["labelled"]
             self.sweeps[name].add(counts)
 
-    def merge(self, other: "QualityTotal") -> None:
+    def merge(self, other: QualityTotal) -> None:
         for name in self.confusion:
             self.confusion[name] += other.confusion[name]
             self.ignored[name] += other.ignored[name]

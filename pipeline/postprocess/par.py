@@ -23,7 +23,7 @@ Works on any device, inside training (no gradient needed) and in post-processing
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -23,14 +23,14 @@ import math
 import os
 import random
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-
 
 # ---------------------------------------------------------------------------------------------
 # processes and devices
@@ -52,7 +52,7 @@ class Distributed:
 def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
     """(world, device) of this process. Under ``torchrun`` (WORLD_SIZE > 1) the process group is
     initialised: NCCL with one GPU per local rank, or gloo on the CPU (``runtime.device: cpu`` or no GPU)."""
-    from pipeline.device import resolve_device
+    from pipeline.common.device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -251,7 +251,7 @@ class Checkpoint:
         return saved["state"]
 
     def save(self, state: dict) -> None:
-        from pipeline.io import write_torch
+        from pipeline.common.io import write_torch
 
         if self.dist.is_main:
             write_torch(self.path, {"tag": self.tag, "state": state})
@@ -281,7 +281,7 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: Any, schedu
     return int(state["epoch"]), list(state["history"])
 
 
-def epoch_hook(checkpoint: "Checkpoint", curves: "Curves | None", dist: Distributed,
+def epoch_hook(checkpoint: Checkpoint, curves: Curves | None, dist: Distributed,
                describe: Callable[[int, dict], str]) -> Callable[[int, dict, dict], None]:
     """A stage's ``on_epoch(epoch, metrics, state)``: on the main process save the resume state, log the
     curves and print ``describe(epoch, metrics)``."""

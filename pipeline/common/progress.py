@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 
 def progress(items: Iterable, desc: str = "", total: int | None = None, enabled: bool = True,

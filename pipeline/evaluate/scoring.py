@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
+from pipeline.common.palette import colorize, voc_palette
 from pipeline.metrics import miou
-from pipeline.palette import IGNORE_INDEX, colorize, voc_palette
+from pipeline.vocabulary import IGNORE_INDEX
 
 
 def summarize(conf: np.ndarray, class_names: list[str]) -> dict:

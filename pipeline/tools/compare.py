@@ -15,11 +15,11 @@ two groups that differ in one other parameter (``aream.enabled`` true / false, s
 per seed with its mean and std. The Table I rows outside the headline (+ PAR, the ground-truth bound)
 are read from each experiment's ``reports/table1.json``.
 
-    python -m pipeline.compare                      # prints the tables
-    python -m pipeline.compare --out reports/experiments.md   # also .csv and .json beside it
-    python -m pipeline.compare seeds 3              # queue seeds 0, 1, 2 as DVC experiments, run them,
+    python -m pipeline.tools.compare                      # prints the tables
+    python -m pipeline.tools.compare --out reports/experiments.md   # also .csv and .json beside it
+    python -m pipeline.tools.compare seeds 3              # queue seeds 0, 1, 2 as DVC experiments, run them,
                                                     # write reports/seeds.md, .csv and .json
-    python -m pipeline.compare seeds 3 -S aream.enabled=false   # the same seeds with a setting changed
+    python -m pipeline.tools.compare seeds 3 -S aream.enabled=false   # the same seeds with a setting changed
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import io
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from pipeline.markdown import table
+from pipeline.common.markdown import table
 
-# (column title, metrics file, key inside it): the run's headline figures (pipeline.summary.HEADLINE),
+# (column title, metrics file, key inside it): the run's headline figures (pipeline.evaluate.summary.HEADLINE),
 # the Table I columns in the paper's order; mAP and mIoU already in percent, seg_frac a fraction
 HEADLINE_FILE = "reports/metrics.json"
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -349,7 +350,7 @@ def queue_commands(seeds: Sequence[int], sets: Sequence[str]) -> list[list[str]]
 
 def write_outputs(out: Path, markdown: str, records: dict | None, csv_text: str | None) -> None:
     """The Markdown at ``out``; the JSON and CSV beside it (same name)."""
-    from pipeline.io import write_json, write_text
+    from pipeline.common.io import write_json, write_text
 
     write_text(out, markdown)
     written = [out]
@@ -400,7 +401,7 @@ def run_seeds(count: int, sets: Sequence[str], out: Path, first: int = 0) -> int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(prog="python -m pipeline.compare",
+    cli = argparse.ArgumentParser(prog="python -m pipeline.tools.compare",
                                   description="Compare DVC experiments as Markdown (Tables I and II) and the "
                                               "spread of every figure over training seeds.")
     cli.add_argument("--out", type=Path, help="write the Markdown here (and .csv / .json beside it) instead of "

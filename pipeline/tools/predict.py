@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.predict --model models/segmenter/model.pt --out predictions/ img1.jpg photos/ ...
+    python -m pipeline.tools.predict --model models/segmenter/model.pt --out predictions/ img1.jpg photos/ ...
 
 Inputs are image files or folders (their .jpg / .jpeg / .png files, not recursive). For each
 image ``<stem>.<ext>`` it writes
@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 import torch
-from pipeline.progress import progress as progress_lines
+
+from pipeline.common.progress import progress as progress_lines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -55,12 +56,12 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
     of the images that could not be read (they are skipped). With ``progress``, the model's class names
     (``classes: 0 background, 1 ...``) and the progress go to stderr."""
+    from pipeline.common.device import resolve_device
+    from pipeline.common.io import DataError, read_rgb, write_label_png, write_rgb
+    from pipeline.common.palette import overlay
     from pipeline.config import defaults
-    from pipeline.device import resolve_device
-    from pipeline.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
-    from pipeline.io import DataError, read_rgb, write_label_png, write_rgb
+    from pipeline.evaluate.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
     from pipeline.models.segmenter import load_segmenter
-    from pipeline.palette import overlay
 
     dev = resolve_device(device)
     model = load_segmenter(model_path, dev)
@@ -104,7 +105,7 @@ def _scales(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import plain_doc
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=plain_doc(__doc__),
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.predict", description=plain_doc(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files or folders of .jpg / .png images")
     parser.add_argument("--model", default="models/segmenter/model.pt", help="trained model (stage train_seg)")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                              "map is scaled back to the image's size (default: 500, VOC's largest side)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
-    from pipeline.io import DataError
+    from pipeline.common.io import DataError
 
     try:
         files = collect_inputs(args.inputs)

@@ -10,7 +10,7 @@ Every variant comes from the same forward pass per (scale, flip) of the classifi
   computed on this very image (the training-time refinement, reported as its own variant).
 - ``first_k``: M refined with the average of the first K layers' affinities (Table III).
 
-The equations themselves live in :mod:`pipeline.aream`; this module only batches, merges and stores.
+The equations themselves live in :mod:`pipeline.cams.aream`; this module only batches, merges and stores.
 
 Inputs: each image is resized to a square ``side x side`` (``side`` = img_size * scale rounded to the
 patch size) rather than padded. Padding would add tokens that take part in every affinity row (Eq. 11
@@ -34,20 +34,18 @@ foreground classes in 1..C, ``size`` int32 (H, W), and one float16 (K, h, w) arr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.aream import layer_entropy, normalize_cams, reactivation_weights, refine_cams
+from pipeline.cams.aream import layer_entropy, normalize_cams, reactivation_weights, refine_cams
 from pipeline.config import Cams
-from pipeline.models.vit import IMAGENET_MEAN, IMAGENET_STD
-
-VARIANTS = ("cam", "avg", "aream", "first_k")
-REFINED = ("avg", "aream", "first_k")  # the variants that use an affinity matrix
-
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.vocabulary import CAM_VARIANTS
 
 # ----------------------------------------------------------------------------------------------
 # geometry
@@ -114,7 +112,7 @@ def layer_weights(cam: torch.Tensor, attn: torch.Tensor, variants: Sequence[str]
             w, _ = reactivation_weights(layer_entropy(cam, attn))
             rows.append(w.to(attn.dtype))
         elif v != "cam":
-            raise ValueError(f"unknown CAM variant {v!r} (choose from {', '.join(VARIANTS)})")
+            raise ValueError(f"unknown CAM variant {v!r} (choose from {', '.join(CAM_VARIANTS)})")
     return torch.stack(rows, 1) if rows else attn.new_zeros(B, 0, L)
 
 
@@ -122,7 +120,7 @@ def variant_affinities(cam: torch.Tensor, attn: torch.Tensor, variants: Sequence
     """(B, V, N, N) affinities of the refined variants: sum_l weight[v, l] sigma(A^(l)) for all V at once.
 
     One batched matmul (B, V, L) x (B, L, N * N) reads the L attention matrices once, instead of one
-    pass per variant (``pipeline.aream.average_affinity`` / ``first_k_affinity`` / ``reactivated_affinity``
+    pass per variant (``pipeline.cams.aream.average_affinity`` / ``first_k_affinity`` / ``reactivated_affinity``
     compute the same sums one at a time).
     """
     B, L, N, _ = attn.shape
@@ -135,7 +133,7 @@ def refine_variants(cam: torch.Tensor, attn: torch.Tensor, variants: Sequence[st
     """All requested variants of one forward pass: {variant: (B, K, h, w)} (``cam`` passed through).
 
     cam: (B, K, h, w) >= 0; attn: (B, L, N, N). The refined variants share one batched call of
-    :func:`pipeline.aream.refine_cams` (Eqs. 5 / 12) over the (B * V) affinities of
+    :func:`pipeline.cams.aream.refine_cams` (Eqs. 5 / 12) over the (B * V) affinities of
     :func:`variant_affinities`.
     """
     cam = cam.float()
@@ -304,7 +302,7 @@ def pack_cams(result: dict[str, Any], variants: Sequence[str]) -> dict[str, np.n
 def load_cam_scores(npz: dict[str, np.ndarray], variant: str) -> np.ndarray:
     """Stored CAMs of ``variant`` -> (K, H, W) float32 in [0, 1] at the original size ``npz['size']``.
 
-    npz: the arrays of one ``data/cams/<id>.npz`` (``pipeline.io.read_npz``). Bilinear upsampling
+    npz: the arrays of one ``data/cams/<id>.npz`` (``pipeline.common.io.read_npz``). Bilinear upsampling
     with ``align_corners=False`` (both grids span the full image extent).
     """
     if variant not in npz:

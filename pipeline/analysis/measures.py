@@ -3,7 +3,7 @@
 - :func:`hellinger_distance`: mean Hellinger distance between the rows of each layer's affinity
   (Eq. 6, Fig. 3 right): low values = every query attends to the same keys (over-smoothing).
 - the CAM refined with each single layer's affinity (Eq. 7; Figs. 1, 6, 8) is
-  :func:`pipeline.aream.refine_per_layer`; :func:`first_k_refinements` turns it into the CAM refined
+  :func:`pipeline.cams.aream.refine_per_layer`; :func:`first_k_refinements` turns it into the CAM refined
   with the average of the first K layers, K = 1..L (Table III), by linearity of Eq. 5.
 - :func:`attended_keys`: the last layer's affinity averaged over queries (Fig. 7 bottom).
 - drawing helpers that turn these into RGB arrays (no file I/O here).
@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cams import normalize_maps
-from pipeline.palette import colorize, heatmap
+from pipeline.cams.infer import normalize_maps
+from pipeline.common.palette import colorize, heatmap
 
 
 def hellinger_distance(attn: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -93,7 +93,7 @@ def upsample_scores(maps: torch.Tensor, size: tuple[int, int], normalize: str = 
     """(S, K, h, w) >= 0 -> (S, K, H, W) float32 numpy, each class map scaled to [0, 1].
 
     Same order as the export: ReLU, resize (bilinear, align_corners=False), per-class
-    ``normalize`` (minmax | max, :func:`pipeline.cams.normalize_maps`)."""
+    ``normalize`` (minmax | max, :func:`pipeline.cams.infer.normalize_maps`)."""
     x = maps.float().clamp_min(0)
     if x.shape[1]:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-POST_SOURCES = ("par", "crf", "psa")
+from pipeline.vocabulary import POST_METHODS
 
 
 def _usable(m: dict | None) -> dict:
@@ -40,7 +40,7 @@ def table_one(cams: dict | None, cams_base: dict | None, post: dict[str, dict | 
         return (m.get(variant) or {}).get("best_miou")
 
     par = _usable(post.get("par")).get("sweep_miou") if cam_variant == "avg" else None
-    processed = _usable(post.get(source)).get("sweep_miou") if source in POST_SOURCES else best(cams, source)
+    processed = _usable(post.get(source)).get("sweep_miou") if source in POST_METHODS else best(cams, source)
     return {"cams": best(base, "cam"), "cams_affinity": best(base, "avg"), "cams_affinity_aream": best(cams, "avg"),
             "cams_affinity_aream_par": par, "post_processed": processed,
             "seg_val": _usable(seg).get("miou"), "seg_val_gt": _usable(seg_gt).get("miou")}

@@ -12,7 +12,7 @@ Per image, one forward pass at one scale (no flip, so each layer's affinity is s
 - affinity diagnostics against the ground truth on the token grid (:func:`pipeline.metrics.token_labels`): the
   CAM refined by the oracle "same segment" affinity (the ceiling of any affinity refinement), and per layer the
   share of foreground queries' attention that stays on their own class's tokens and the share of background
-  queries' attention that lands on objects (:func:`pipeline.analysis.segment_attention`); each source's best
+  queries' attention that lands on objects (:func:`pipeline.analysis.measures.segment_attention`); each source's best
   background threshold, to read beside Eq. 16's fixed alpha1.
 """
 
@@ -21,24 +21,41 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.analysis import (affinity_images, attended_keys, blend, class_agnostic, first_k_refinements,
-                               hellinger_distance, layer_panel, minmax, oracle_affinity, segment_attention,
-                               upsample_scores)
-from pipeline.aream import (layer_entropy, normalize_cams, reactivated_affinity, reactivation_weights, refine_cams,
-                            refine_per_layer)
-from pipeline.cams import gather_classes, input_side, model_geometry, resize_images
+from pipeline.analysis.measures import (
+    affinity_images,
+    attended_keys,
+    blend,
+    class_agnostic,
+    first_k_refinements,
+    hellinger_distance,
+    layer_panel,
+    minmax,
+    oracle_affinity,
+    segment_attention,
+    upsample_scores,
+)
+from pipeline.cams.aream import (
+    layer_entropy,
+    normalize_cams,
+    reactivated_affinity,
+    reactivation_weights,
+    refine_cams,
+    refine_per_layer,
+)
+from pipeline.cams.infer import gather_classes, input_side, model_geometry, resize_images
+from pipeline.common.io import DataError, read_label_png, read_rgb, write_bytes
+from pipeline.common.palette import heatmap_colormap
+from pipeline.common.progress import progress
 from pipeline.data.manifest import Sample
-from pipeline.io import DataError, read_label_png, read_rgb, write_bytes
 from pipeline.metrics import ThresholdSweep, thresholds_from, token_labels
-from pipeline.palette import heatmap_colormap
-from pipeline.progress import progress
 
 
 def select_samples(samples: Sequence[Sample], n: int) -> list[Sample]:
@@ -86,7 +103,7 @@ class LayerAnalysis:
     normalize: str = "minmax"  # per-class scaling of every refined map before its sweep (cams.normalize)
 
     def __post_init__(self) -> None:
-        names = ["cam", "avg", "aream"] + [f"layer{l}" for l in range(1, self.depth + 1)] \
+        names = ["cam", "avg", "aream"] + [f"layer{layer}" for layer in range(1, self.depth + 1)] \
             + [f"first{k}" for k in range(1, self.depth + 1)] + ["oracle"]
         self.sweeps = {n: ThresholdSweep(self.thresholds, self.num_classes) for n in names}
         self.hellinger_sum = np.zeros(self.depth)
@@ -159,14 +176,14 @@ def analyze_batch(model: Any, images: list[np.ndarray], masks: list[np.ndarray],
 def layer_rows(acc: LayerAnalysis) -> list[dict[str, Any]]:
     n = max(acc.count, 1)
     rows = []
-    for l in range(1, acc.depth + 1):
-        rows.append({"layer": l, "hellinger": round(float(acc.hellinger_sum[l - 1] / n), 6),
-                     "single_layer_miou": _round(acc.best(f"layer{l}")),
-                     "first_k_miou": _round(acc.best(f"first{l}")),
-                     "reactivation_weight": round(float(acc.weight_sum[l - 1] / n), 6),
-                     "single_layer_threshold": acc.best_threshold(f"layer{l}"),
-                     "own_segment_attention": _share(acc.own_sum[l - 1], acc.fg_queries[l - 1]),
-                     "bg_attention_on_objects": _share(acc.bg_on_objects_sum[l - 1], acc.bg_queries[l - 1])})
+    for layer in range(1, acc.depth + 1):
+        rows.append({"layer": layer, "hellinger": round(float(acc.hellinger_sum[layer - 1] / n), 6),
+                     "single_layer_miou": _round(acc.best(f"layer{layer}")),
+                     "first_k_miou": _round(acc.best(f"first{layer}")),
+                     "reactivation_weight": round(float(acc.weight_sum[layer - 1] / n), 6),
+                     "single_layer_threshold": acc.best_threshold(f"layer{layer}"),
+                     "own_segment_attention": _share(acc.own_sum[layer - 1], acc.fg_queries[layer - 1]),
+                     "bg_attention_on_objects": _share(acc.bg_on_objects_sum[layer - 1], acc.bg_queries[layer - 1])})
     return rows
 
 
@@ -311,9 +328,9 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
     if figs and figs[0].attn is not None:
         mats = affinity_images(figs[0].attn)
         fig, axes = plt.subplots(1, len(mats), figsize=(1.6 * len(mats), 1.9), squeeze=False)
-        for l, (a, m) in enumerate(zip(axes[0], mats), 1):
+        for layer, (a, m) in enumerate(zip(axes[0], mats), 1):
             a.imshow(m)
-            a.set_title(f"layer {l}", fontsize=7)
+            a.set_title(f"layer {layer}", fontsize=7)
             a.axis("off")
         fig.suptitle(f"affinity matrices of {figs[0].id} (rows: queries, columns: keys)", fontsize=8)
         _colorbar(fig, axes[0], "sqrt of the affinity, min-max scaled per layer")
@@ -333,7 +350,7 @@ def draw_figures(acc: LayerAnalysis, rows: list[dict[str, Any]], metrics: dict[s
         write_bytes(out / "attended_keys.png", _png(fig))
         written.append("attended_keys.png")
 
-        titles = ["image", "GT", "CAM"] + [f"L{l}" for l in layers] + ["avg", "AReAM"]
+        titles = ["image", "GT", "CAM"] + [f"L{layer}" for layer in layers] + ["avg", "AReAM"]
         panels = [layer_panel(f.image, f.mask, f.cam, f.per_layer, [f.avg, f.aream]) for f in figs]
         fig, axes = plt.subplots(len(panels), len(titles), figsize=(1.25 * len(titles), 1.35 * len(panels)),
                                  squeeze=False)

@@ -21,15 +21,16 @@ No file I/O here: ``stages/calibrate.py`` reads and writes.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.palette import IGNORE_INDEX
-from pipeline.progress import progress
+from pipeline.common.progress import progress
+from pipeline.vocabulary import IGNORE_INDEX
 
 # published figures on PASCAL VOC 2012 train (mIoU %), cited beside ours in the calibration report
 VOC_PUBLISHED: tuple[tuple[str, str, float], ...] = (
@@ -69,7 +70,7 @@ def mask_statistics(mask: np.ndarray, min_object: float = MIN_OBJECT) -> dict[st
 
 
 class DataStats:
-    """:func:`mask_statistics` summed over images (a :func:`pipeline.parallel.fold_items` total)."""
+    """:func:`mask_statistics` summed over images (a :func:`pipeline.common.parallel.fold_items` total)."""
 
     SIZE_BINS = (0.0, 0.01, 0.05, 0.2, 1.0 + 1e-9)  # object size as a fraction of the image: tiny, small, medium, large
 
@@ -91,7 +92,7 @@ class DataStats:
         self.objects.append(len(stats["objects"]))
         self.sizes += list(stats["objects"])
 
-    def merge(self, other: "DataStats") -> None:
+    def merge(self, other: DataStats) -> None:
         self.images += other.images
         self.labelled += other.labelled
         self.foreground += other.foreground
@@ -145,7 +146,8 @@ class CamNet(nn.Module):
         super().__init__()
         import timm
 
-        from pipeline.models import FromImageNet, backbone_normalisation, loading_weights
+        from pipeline.models.inputs import FromImageNet, backbone_normalisation
+        from pipeline.models.weights import loading_weights
 
         model = f"calibration.backbone {backbone!r}"
         with loading_weights("calibration.pretrained", None if hub else source, model):
@@ -287,7 +289,7 @@ DATA_ROWS: tuple[tuple[str, str], ...] = (
 
 def calibration_markdown(result: dict[str, Any]) -> str:
     """The calibration report section from the stage's ``calibration.json`` record."""
-    from pipeline.markdown import table
+    from pipeline.common.markdown import table
 
     def cell(v: Any) -> str:
         return "-" if v is None else str(v)

@@ -3,11 +3,11 @@
 The network learns, on random crops, affinity 1 for pairs of feature cells within ``psa.radius`` that
 share a confident label and 0 for pairs with different labels; the loss is PSA's balanced
 bg/4 + fg/4 + neg/2 (:func:`pipeline.models.affinitynet.pair_affinity_loss`). AdamW with a poly schedule
-per step; mixed precision on CUDA. The loop runs on the shared harness (:mod:`pipeline.training`): a
+per step; mixed precision on CUDA. The loop runs on the shared harness (:mod:`pipeline.train.harness`): a
 padded per-process order for DDP and end-of-epoch states for resuming.
 
 Randomness is a function of (``seed``, epoch, image index): the epoch's order comes from
-:func:`pipeline.training.epoch_order` and each image's crop from ``default_rng([seed, epoch, index])``,
+:func:`pipeline.train.harness.epoch_order` and each image's crop from ``default_rng([seed, epoch, index])``,
 so a resumed run equals an uninterrupted one and the crops do not depend on the number of processes.
 (Until the harness, one numpy generator drew both the order and the crops in sequence: the figures of
 train_psa and every stage after it changed with this.) Batches are ``psa.batch_size`` images split over
@@ -17,19 +17,34 @@ dropped, since BatchNorm cannot train on one crop's 1x1 deepest features.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from pipeline.common.device import seed_everything
+from pipeline.common.progress import progress as progress_bar
 from pipeline.config import PSA
-from pipeline.device import seed_everything
-from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_border, pair_labels,
-                                         radius_offsets)
+from pipeline.models.affinitynet import (
+    AffinityNet,
+    pair_affinities,
+    pair_affinity_loss,
+    pair_border,
+    pair_labels,
+    radius_offsets,
+)
 from pipeline.postprocess.psa import downsample_labels, random_crop
-from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order,
-                               restore_training_state, training_state, wrap)
-from pipeline.progress import progress as progress_bar
+from pipeline.train.harness import (
+    Distributed,
+    all_reduce_sum,
+    amp,
+    backward_step,
+    batches,
+    epoch_order,
+    restore_training_state,
+    training_state,
+    wrap,
+)
 
 SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
 
@@ -63,7 +78,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
                       on_epoch: Callable[[int, dict, dict], None] | None = None,
                       progress: bool = True) -> tuple[AffinityNet, list[dict]]:
     """Train on images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure): any sequences, e.g.
-    :class:`pipeline.io.FileSequence`, which reads each one when a batch needs it.
+    :class:`pipeline.common.io.FileSequence`, which reads each one when a batch needs it.
 
     ``resume``: a state from an earlier ``on_epoch(epoch, metrics, state)`` call (run after every epoch on
     every process). Returns the (unwrapped, eval-mode) network and the per-epoch metrics: the mean losses

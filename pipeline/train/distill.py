@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, Pretrain, weights_file
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, FromImageNet
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, FromImageNet
 
 
 class DistilledViT(nn.Module):
@@ -84,7 +84,7 @@ class Teacher(nn.Module):
         self.level = levels[-1]
         self.channels = int(cnn.feature_info[self.level]["num_chs"])
 
-    def train(self, mode: bool = True) -> "Teacher":  # BatchNorm keeps its ImageNet statistics
+    def train(self, mode: bool = True) -> Teacher:  # BatchNorm keeps its ImageNet statistics
         return super().train(False)
 
     @torch.no_grad()
@@ -101,7 +101,7 @@ def build_teacher(cfg: Pretrain) -> Teacher | None:
         return None
     import timm
 
-    from pipeline.models import loading_weights
+    from pipeline.models.weights import loading_weights
 
     hub = cfg.teacher == "timm"
     path = None if hub else weights_file(cfg.teacher)

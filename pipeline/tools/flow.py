@@ -10,9 +10,9 @@ of a stage that rejected ``params.yaml`` or the data, which only a fix can cure.
 
 Usage::
 
-    python -m pipeline.flow                         # every stage, in dvc.yaml's dependency order
-    python -m pipeline.flow --stages prepare train_cls
-    python -m pipeline.flow --grid aream.lam=0.1,0.2,0.3 --grid aream.enabled=true,false
+    python -m pipeline.tools.flow                         # every stage, in dvc.yaml's dependency order
+    python -m pipeline.tools.flow --stages prepare train_cls
+    python -m pipeline.tools.flow --grid aream.lam=0.1,0.2,0.3 --grid aream.enabled=true,false
                                                     # queue a grid with `dvc exp run --queue`, run it
                                                     # with `dvc queue start`, wait, show `dvc exp show`
 
@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 def _parser() -> argparse.ArgumentParser:
     from pipeline.config import plain_doc
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.flow", description=plain_doc(__doc__),
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.flow", description=plain_doc(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".", help="DVC project root (default: current directory)")
     parser.add_argument("--stages", nargs="*", help="only these stages (default: all)")
@@ -62,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     _parser().parse_args()  # --help and bad arguments end here, before Prefect sets up its home (.prefect/)
 
-from pipeline.parallel import prefect_env  # noqa: E402
+from pipeline.common.parallel import prefect_env  # noqa: E402
 
 prefect_env(logging_level=None)  # the flow logs every stage at INFO
 
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (not retried: fix params.yaml or the data, then rerun)" if invalid else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return INVALID_INPUT_EXIT if invalid else 1
-    except Exception as err:  # the flow's log holds the details
+    except Exception as err:  # noqa: BLE001 - any failure: one line here, the flow's log holds the details
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"error: flow failed: {type(err).__name__}: {first}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Exporting CAMs to files and measuring them (stage ``export_cams``), as a library.
 
-:func:`export_cams` writes ``<out_dir>/<id>.npz`` (contract in :mod:`pipeline.cams`) for every image whose
+:func:`export_cams` writes ``<out_dir>/<id>.npz`` (contract in :mod:`pipeline.cams.infer`) for every image whose
 file is missing, so an interrupted export run by hand continues (under ``dvc repro`` DVC empties the folder
 first); :func:`prepare_out_dir` wipes files made under another :func:`export_tag` (cams parameters that
 change the files, the classifier file, the manifest). :func:`cam_quality` is the background-threshold sweep
@@ -14,21 +14,22 @@ import csv
 import io
 import json
 import multiprocessing
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.cams import infer_cams, load_cam_scores, pack_cams
+from pipeline.cams.infer import infer_cams, load_cam_scores, pack_cams
+from pipeline.common.io import DataError, read_label_png, read_npz, read_rgb, write_json, write_npz
+from pipeline.common.parallel import chunked, map_items, num_workers
+from pipeline.common.progress import progress
 from pipeline.config import Cams, Runtime
 from pipeline.data.manifest import Sample
-from pipeline.io import DataError, file_sha256, read_label_png, read_npz, read_rgb, write_json, write_npz
 from pipeline.metrics import ThresholdSweep, thresholds_from
-from pipeline.parallel import chunked, map_items, num_workers
-from pipeline.progress import progress
 
 TAG_FILE = "_params.json"
 
@@ -48,10 +49,6 @@ class ImageList(Dataset):
 
 def _collate(items: list) -> list:
     return items
-
-
-def file_digest(path: str | Path) -> str:
-    return file_sha256(path)[:16]
 
 
 def export_tag(cfg: Cams, model_digest: str, manifest_digest: str) -> dict[str, Any]:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import functools
 import os
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
-from pipeline.progress import progress
-
+from pipeline.common.device import cpu_count
+from pipeline.common.progress import progress
 from pipeline.config import Runtime
-from pipeline.device import cpu_count
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,7 +73,7 @@ class Total(Protocol):
 
     def add(self, result) -> None: ...
 
-    def merge(self, other: "Total") -> None: ...
+    def merge(self, other: Total) -> None: ...
 
 
 def _local(runtime: Runtime, n_items: int) -> bool:

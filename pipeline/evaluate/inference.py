@@ -13,7 +13,7 @@ Memory per image is bounded by ``max_side``, whatever the photo's resolution.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -22,7 +22,7 @@ again only if the weights are missing from a resumed checkpoint) the current mod
 averaged over the whole train split (resized to ``img_size``, no augmentation), Eqs. 9-10 turn the mean
 entropies into one (w, w_hat) pair for all images, and they stay fixed for the rest of training.
 
-The epoch loop runs on the shared harness (:mod:`pipeline.training`: padded per-process order, DDP,
+The epoch loop runs on the shared harness (:mod:`pipeline.train.harness`: padded per-process order, DDP,
 mixed precision, RNG states); checkpoint files and curves are the caller's (``stages/train_cls.py``).
 
 Determinism: the shuffle order of epoch e comes from a generator seeded with (seed, e) and every
@@ -37,26 +37,50 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pipeline.aream import (affinity_labels, affinity_loss, layer_entropy, normalize_cams, reactivated_affinity,
-                            reactivation_weights, refine_cams)
+from pipeline.cams.aream import (
+    affinity_labels,
+    affinity_loss,
+    layer_entropy,
+    normalize_cams,
+    reactivated_affinity,
+    reactivation_weights,
+    refine_cams,
+)
 from pipeline.config import PAR, AReAM, Classifier, TrainCls
-from pipeline.data.classification import (ClassificationDataset, average_precision, color_jitter,  # noqa: F401
-                                          mean_average_precision, random_resized_crop_box)
+from pipeline.data.classification import (  # noqa: F401
+    ClassificationDataset,
+    average_precision,
+    color_jitter,
+    mean_average_precision,
+    random_resized_crop_box,
+)
 from pipeline.models.vit import ClassifierOutput, build_classifier
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_refine
-from pipeline.training import (Distributed, amp, backward_step, barrier, epoch_order, lr_factor,
-                               restore_training_state, rng_states, set_rng_states, training_state, unwrap,
-                               weight_decay_groups, wrap)
-
+from pipeline.train.harness import (
+    Distributed,
+    amp,
+    backward_step,
+    barrier,
+    epoch_order,
+    lr_factor,
+    restore_training_state,
+    rng_states,
+    set_rng_states,
+    training_state,
+    unwrap,
+    weight_decay_groups,
+    wrap,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -224,7 +248,7 @@ def dataset_weights(model: nn.Module, loader: DataLoader, device: torch.device, 
 class Callbacks:
     """What the caller does after each epoch: ``checkpoint(state dict)`` and ``log(epoch, metrics)``
     (main process only; the state holds live tensors: serialise it before returning);
-    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.progress.progress`)."""
+    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.common.progress.progress`)."""
 
     checkpoint: Callable[[dict], None] = lambda state: None
     log: Callable[[int, dict], None] = lambda epoch, metrics: None
@@ -254,7 +278,7 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
     cb = callbacks or Callbacks()
     dist = dist or Distributed()
     if not resume:
-        from pipeline.device import seed_everything
+        from pipeline.common.device import seed_everything
 
         seed_everything(seed)
     model = build_classifier(model_cfg, num_classes).to(device)

@@ -10,19 +10,19 @@ unchanged result never changes its DVC hash.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.palette import label_to_pil, pil_to_label
+from pipeline.common.palette import label_to_pil, pil_to_label
 
 
 class DataError(ValueError):
@@ -52,16 +52,6 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-
-
-def file_sha256(path: str | Path, h: Any = None) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks; given a running hash ``h``, the bytes update it
-    (and its hex digest so far is returned)."""
-    h = hashlib.sha256() if h is None else h
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_torch(path: str | Path, obj: Any) -> None:

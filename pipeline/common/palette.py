@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from pipeline.vocabulary import IGNORE_INDEX
 
 
 def voc_palette(n: int = 256) -> np.ndarray:

@@ -8,30 +8,42 @@ dropped) exactly as a local DeiT weights file: its class token seeds every class
 embedding is resampled to the fine-tuning grid.
 
 With ``pretrain.teacher`` set, an ImageNet CNN teaches the ViT alongside the corpus labels: a distillation
-token on its predictions and each patch token regressing its feature map (:mod:`pipeline.distill`).
+token on its predictions and each patch token regressing its feature map (:mod:`pipeline.train.distill`).
 
 Randomness is a function of (``pretrain.seed``, epoch, image index), as in the other trainers: the order
-from :func:`pipeline.training.epoch_order`, each image's crop and flip from ``default_rng([seed, epoch,
+from :func:`pipeline.train.harness.epoch_order`, each image's crop and flip from ``default_rng([seed, epoch,
 index])``; the loop runs on the shared harness (DDP, mixed precision, resumable end-of-epoch states).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.common.device import seed_everything
+from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Classifier, Pretrain
-from pipeline.device import seed_everything
-from pipeline.distill import DistilledViT, Teacher, feature_distillation, logit_distillation
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.training import (Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, lr_factor,
-                               restore_training_state, training_state, unwrap, weight_decay_groups, wrap)
-from pipeline.progress import progress as progress_bar
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.train.distill import DistilledViT, Teacher, feature_distillation, logit_distillation
+from pipeline.train.harness import (
+    Distributed,
+    all_reduce_sum,
+    amp,
+    backward_step,
+    batches,
+    epoch_order,
+    lr_factor,
+    restore_training_state,
+    training_state,
+    unwrap,
+    weight_decay_groups,
+    wrap,
+)
 
 
 def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Module:
@@ -45,7 +57,7 @@ def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Modu
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights a fine-tuning run starts from: every timm key except the classification head (of a
-    :class:`~pipeline.distill.DistilledViT`, its ViT's keys only: the distillation token and heads stay here)."""
+    :class:`~pipeline.train.distill.DistilledViT`, its ViT's keys only: the distillation token and heads stay here)."""
     model = unwrap(model)
     model = model.vit if isinstance(model, DistilledViT) else model
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
@@ -134,7 +146,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
                  progress: bool = True, teacher: Teacher | None = None) -> tuple[nn.Module, list[dict]]:
     """Train on ``train`` = (images (N, S, S, 3) uint8, labels (N,)) for ``cfg.epochs`` epochs; ``val`` gives
     the per-epoch top-1 accuracy (main process). ``resume`` / ``on_epoch(epoch, metrics, state)`` as in
-    :func:`pipeline.train_affinity.train_affinitynet`; ``teacher`` adds the distillation terms (the history's
+    :func:`pipeline.train.affinity.train_affinitynet`; ``teacher`` adds the distillation terms (the history's
     ``loss`` is then the total, beside each term's own mean). Returns the unwrapped model (a
     :class:`DistilledViT` with a teacher) and the history."""
     images, labels = train

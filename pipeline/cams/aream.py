@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.palette import IGNORE_INDEX
+from pipeline.vocabulary import IGNORE_INDEX
 
 
 def refine_cams(cams: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,8 @@ def reactivation_weights(entropy: torch.Tensor, eps: float = 1e-9) -> tuple[torc
     lo = entropy.amin(dim=-1, keepdim=True)
     span = entropy.amax(dim=-1, keepdim=True) - lo
     flat = span <= eps
-    w_hat = torch.where(flat, torch.zeros_like(entropy), (entropy - lo) / torch.where(flat, torch.ones_like(span), span))
+    safe_span = torch.where(flat, torch.ones_like(span), span)
+    w_hat = torch.where(flat, torch.zeros_like(entropy), (entropy - lo) / safe_span)
     return 1.0 - w_hat, w_hat
 
 

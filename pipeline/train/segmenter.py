@@ -11,7 +11,7 @@ The recipe (all knobs in the ``seg`` params section):
   initialisation, the toy default), weight decay; poly learning rate
   ``lr * (1 - i / max_i) ** poly_power`` per iteration; the decoder / classifier runs at
   ``lr * head_lr_mult``;
-- mixed precision on CUDA; DDP when the caller wrapped the model (the harness, :mod:`pipeline.training`,
+- mixed precision on CUDA; DDP when the caller wrapped the model (the harness, :mod:`pipeline.train.harness`,
   also gives the padded per-process image order and the batches, a trailing single image dropped).
 
 Randomness is a pure function of (``seed``, epoch, image index): the epoch's image order, each
@@ -21,11 +21,10 @@ from an end-of-epoch checkpoint reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,13 +32,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from pipeline.common.io import DataError, read_label_png, read_rgb
+from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Seg
 from pipeline.data.manifest import Sample, validate_mask
-from pipeline.io import DataError, read_label_png, read_rgb
 from pipeline.models.segmenter import encoder_normalisation, param_groups
-from pipeline.palette import IGNORE_INDEX
-from pipeline.training import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
-from pipeline.progress import progress as progress_bar
+from pipeline.train.harness import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
+from pipeline.vocabulary import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------
 # training data
@@ -72,15 +71,6 @@ def load_pair(item: tuple[str, str], num_classes: int) -> tuple[np.ndarray, np.n
     image, label = read_rgb(image_path), read_label_png(label_path)
     validate_mask(label, image.shape[:2], num_classes, label_path)
     return image, label
-
-
-def labels_digest(pairs: list[tuple[str, str]]) -> str:
-    """sha256 over the image paths and label-file bytes: changes when any training label does."""
-    h = hashlib.sha256()
-    for image_path, label_path in pairs:
-        h.update(image_path.encode())
-        h.update(Path(label_path).read_bytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +218,7 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
                     dist: Distributed = Distributed(), loader_workers: int = 0, resume: TrainState | None = None,
                     on_epoch: Callable[[int, dict, TrainState], None] | None = None,
                     progress: bool = True) -> list[dict]:
-    """Train ``model`` (already on ``device``; wrapped by :func:`pipeline.training.wrap` under DDP) for
+    """Train ``model`` (already on ``device``; wrapped by :func:`pipeline.train.harness.wrap` under DDP) for
     ``cfg.epochs``, with the sample order and dropout seeded by ``dataset.seed`` (augmentation uses it too).
 
     ``resume``: a :class:`TrainState` from an earlier ``on_epoch`` call; training continues at its

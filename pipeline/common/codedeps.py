@@ -1,28 +1,28 @@
 """Which project files a stage's code runs: the import closure of a module inside this repository.
 
 ``dvc.yaml`` must list exactly these files as a stage's code dependencies (``tests/test_dag.py``
-checks it), and a training stage's resume tag hashes them, so a code edit is never mistaken for an
-interruption. Imports are read from the source (every ``import`` statement, at module level or inside
-a function), so a lazily imported module counts too; package ``__init__.py`` files count because
+checks it), and a training stage's resume tag hashes them (:func:`pipeline.common.digests.code_sha256`), so a
+code edit is never mistaken for an interruption. Imports are read from the source (every ``import`` statement, at
+module level or inside a function), so a lazily imported module counts too; package ``__init__.py`` files count because
 importing a submodule runs them.
 
-``python -m pipeline.codedeps stages.train_cls`` prints the list for a stage module.
+``python -m pipeline.common.codedeps stages.train_cls`` prints the list for a stage module.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "stages")  # the project's own top-level packages
 
 
 def module_path(name: str, root: Path = ROOT) -> Path | None:
-    """``pipeline.io`` -> ``pipeline/io.py`` (or a package's ``__init__.py``); None outside the project."""
+    """``pipeline.common.io`` -> ``pipeline/common/io.py`` (or a package's ``__init__.py``); None outside the
+    project."""
     if name.split(".")[0] not in PACKAGES:
         return None
     base = root.joinpath(*name.split("."))
@@ -71,18 +71,10 @@ def closure(module: str, root: Path = ROOT) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in seen.values())
 
 
-def code_digest(module: str, root: Path = ROOT) -> str:
-    """sha256 over the paths and bytes of :func:`closure`: changes with any edit of the code a stage runs."""
-    h = hashlib.sha256()
-    for rel in closure(module, root):
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import plain_doc
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.codedeps", description=plain_doc(__doc__),
+    parser = argparse.ArgumentParser(prog="python -m pipeline.common.codedeps", description=plain_doc(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", default=["stages.train_cls"], metavar="MODULE",
                         help="dotted module names (default: stages.train_cls)")

@@ -1,0 +1,3 @@
+"""Entry points around the DAG: the Prefect flow, the experiment and seed comparison, and prediction on new
+images.
+"""
