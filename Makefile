@@ -31,7 +31,7 @@ seeds: setup
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-# ruff (configured in pyproject.toml): pyflakes, pycodestyle, import order, blind excepts, bugbear, pyupgrade.
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle, blind excepts, bugbear, pyupgrade.
 lint: setup
 	$(BIN)/ruff check .
 

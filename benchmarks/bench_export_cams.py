@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cams.aream import layer_entropy
-from pipeline.cams.infer import imagenet_normalize, infer_cams, refine_variants, variant_affinities
+from pipeline.cams.infer import infer_cams, refine_variants, variant_affinities
 from pipeline.config import load_params, plain_doc
+from pipeline.models.inputs import normalize_imagenet
 from pipeline.models.vit import build_classifier
 from pipeline.vocabulary import REFINED_VARIANTS
 
@@ -82,14 +83,14 @@ def main() -> None:
         for i in range(0, len(images), cams.batch_size):
             infer_cams(model, images[i:i + cams.batch_size], labels[i:i + cams.batch_size],
                        cams.replace(first_k=first_k), img_size=cc.img_size, patch_size=cc.patch_size,
-                       preprocess=imagenet_normalize)
+                       preprocess=normalize_imagenet)
 
     def forwards_only():
         from pipeline.cams.infer import input_side, resize_images
         with torch.no_grad():
             for i in range(0, len(images), cams.batch_size):
                 for s in cams.scales:
-                    x = imagenet_normalize(resize_images(images[i:i + cams.batch_size],
+                    x = normalize_imagenet(resize_images(images[i:i + cams.batch_size],
                                                          input_side(cc.img_size, s, cc.patch_size)))
                     for _ in range(2 if cams.flip else 1):
                         model(x)
@@ -105,7 +106,7 @@ def main() -> None:
           f"with {th} idle core(s) (budget ~60 s)")
 
     # 2. refinement alone ---------------------------------------------------------------------------
-    x = imagenet_normalize(torch.rand(cams.batch_size, 3, cc.img_size, cc.img_size))
+    x = normalize_imagenet(torch.rand(cams.batch_size, 3, cc.img_size, cc.img_size))
     with torch.no_grad():
         attn = model(x).attn.contiguous()
     B, N = attn.shape[0], attn.shape[-1]

@@ -57,7 +57,7 @@ def bench_train(cfg, device: torch.device, n: int) -> tuple[float, float]:
     marks = []
 
     def on_epoch(epoch, metrics, state):
-        marks.append((time.process_time(), metrics["images_per_s"]))
+        marks.append((time.process_time(), metrics["images_per_second"]))
 
     train_segmenter(model, SegTrainSet(toy_pairs(n), cfg, 0), cfg, device, on_epoch=on_epoch, progress=False)
     return marks[1][1], (marks[1][0] - marks[0][0]) / n

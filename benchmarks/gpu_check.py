@@ -74,7 +74,7 @@ class Row:
     part: str
     title: str
     status: str = "not run"
-    images_per_s: float | None = None
+    images_per_second: float | None = None
     ms_per_step: float | None = None
     steps: int | None = None
     peak_gib: float | None = None
@@ -87,7 +87,7 @@ class Row:
 
 @dataclass
 class Measure:
-    images_per_s: float | None = None
+    images_per_second: float | None = None
     ms_per_step: float | None = None
     steps: int | None = None
 
@@ -112,7 +112,7 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_steps(step: Callable[[], Any], images_per_step: int, ctx: Context, allowance: float,
+def timed_steps(step: Callable[[], Any], images_per_secondtep: int, ctx: Context, allowance: float,
                 warmup: int | None = None, steps: int | None = None) -> Measure:
     """``warmup`` untimed calls of ``step`` (fewer when half the allowance is gone), then up to ``steps`` timed
     calls, as many as the rest of ``allowance`` (seconds) holds at the last warm-up call's pace, at least one."""
@@ -135,7 +135,7 @@ def timed_steps(step: Callable[[], Any], images_per_step: int, ctx: Context, all
         step()
     sync(ctx.device)
     elapsed = time.perf_counter() - t
-    return Measure(n * images_per_step / elapsed, 1000 * elapsed / n, n)
+    return Measure(n * images_per_secondtep / elapsed, 1000 * elapsed / n, n)
 
 
 def check_finite(value, what: str) -> None:
@@ -223,7 +223,7 @@ def part_cams(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.cams.infer import infer_cams, model_preprocess
+    from pipeline.cams.infer import infer_cams
     from pipeline.models.vit import build_classifier
 
     p, dev = ctx.params, ctx.device
@@ -245,7 +245,7 @@ def part_cams(ctx: Context, allowance: float) -> Measure:
 
     def step():
         out["res"] = infer_cams(model, images, labels, cfg, img_size=c.img_size, patch_size=c.patch_size,
-                                device=dev, preprocess=model_preprocess(model), amp=amp)
+                                device=dev, preprocess=model.preprocess, amp=amp)
 
     m = timed_steps(step, cfg.batch_size, ctx, allowance, warmup=1, steps=max(1, ctx.steps // 3))
     res = out["res"][0]
@@ -302,8 +302,8 @@ def part_seg_train(ctx: Context, allowance: float) -> Measure:
     import numpy as np
     import torch
 
-    from pipeline.train.harness import amp, backward_step
-    from pipeline.train.segmenter import SegTrainSet, make_optimizer, segmentation_loss, set_lr
+    from pipeline.train.harness import amp, backward_step, make_scheduler
+    from pipeline.train.segmenter import SegTrainSet, make_optimizer, segmentation_loss
 
     cfg, dev = ctx.params.seg, ctx.device
     model = build_seg(ctx).train()
@@ -319,15 +319,16 @@ def part_seg_train(ctx: Context, allowance: float) -> Measure:
     print(f"  {cfg.arch} {cfg.encoder} (output stride {cfg.output_stride or 'default'}), {cfg.crop_size} px crops, "
           f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr} x{cfg.head_lr_mult} head, AMP "
           f"{'float16, scaler' if scaler else 'off'}", flush=True)
-    last: dict[str, Any] = {"it": 0}
+    scheduler = make_scheduler(optimizer, max_it, 0, "poly", cfg.poly_power)
+    last: dict[str, Any] = {}
 
     def step():
-        set_lr(optimizer, last["it"], max_it, cfg.poly_power)
         with autocast():
             logits = model(x)
         loss = segmentation_loss(logits, y)
         backward_step(loss, optimizer, scaler)
-        last["loss"], last["it"] = loss, last["it"] + 1
+        scheduler.step()
+        last["loss"] = loss
 
     m = timed_steps(step, cfg.batch_size, ctx, allowance)
     check_finite(last["loss"], "the segmentation loss")
@@ -523,7 +524,7 @@ def run_row(row: Row, fn: Callable[[Context, float], Measure], ctx: Context, all
         free_memory(ctx.device)
         m = fn(ctx, allowance)
         row.status = "ok"
-        row.images_per_s, row.ms_per_step, row.steps = m.images_per_s, m.ms_per_step, m.steps
+        row.images_per_second, row.ms_per_step, row.steps = m.images_per_second, m.ms_per_step, m.steps
     except Interrupted:
         row.status = "INTERRUPTED"
         raise
@@ -540,8 +541,8 @@ def run_row(row: Row, fn: Callable[[Context, float], Measure], ctx: Context, all
                 row.peak_gib = torch.cuda.max_memory_allocated(ctx.device) / 2**30
             except Exception:  # noqa: BLE001 - a broken CUDA context has no figure
                 row.peak_gib = None
-    if row.status == "ok" and row.images_per_s is not None:
-        print(f"  -> {row.images_per_s:.1f} images/s, {row.ms_per_step:.1f} ms/step over {row.steps} timed steps"
+    if row.status == "ok" and row.images_per_second is not None:
+        print(f"  -> {row.images_per_second:.1f} images/s, {row.ms_per_step:.1f} ms/step over {row.steps} timed steps"
               + (f", peak {row.peak_gib:.2f} GiB" if row.peak_gib is not None else ""), flush=True)
 
 
@@ -551,7 +552,7 @@ def table(rows: list[Row]) -> str:
 
     lines = [f"{'part':24s} {'images/s':>9s} {'ms/step':>9s} {'steps':>5s} {'peak GiB':>9s} {'wall s':>7s}  status"]
     for r in rows:
-        lines.append(f"{r.title:24s} {num(r.images_per_s, '9.1f')} {num(r.ms_per_step, '9.1f')} "
+        lines.append(f"{r.title:24s} {num(r.images_per_second, '9.1f')} {num(r.ms_per_step, '9.1f')} "
                      f"{num(r.steps, '5d')} {num(r.peak_gib, '9.2f')} {num(r.wall_s, '7.1f')}  {r.status}")
     return "\n".join(lines)
 

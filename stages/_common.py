@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.common.io import DataError, write_json
+from pipeline.common.io import DataError, write_bytes, write_json, write_text
 from pipeline.config import ConfigError, load_params, plain_doc
 
 DATA = Path("data")
@@ -57,6 +57,24 @@ def write_empty_plots(live_dir: Path, keys: tuple[str, ...]) -> None:
             path = tmp / f"{key}.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"step\t{key.rsplit('/', 1)[-1]}\n")
+
+
+def write_skipped(stage: str, key: str, metrics: Path, marker: tuple[Path, str] | None = None,
+                  plots: tuple[Path, tuple[str, ...]] | None = None, files: dict[Path, bytes] | None = None,
+                  **extra: Any) -> None:
+    """The outputs a stage switched off by the params key ``key`` still owes DVC, written by one process: its
+    metrics file ``{**extra, "skipped": true}``, a ``marker`` (path, text) where its model or data would be,
+    empty ``plots`` (live folder, keys) and header-only ``files``; one line says so."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process writes them
+        return
+    if marker is not None:
+        write_text(*marker)
+    write_json(metrics, {**extra, "skipped": True})
+    if plots is not None:
+        write_empty_plots(*plots)
+    for path, data in (files or {}).items():
+        write_bytes(path, data)
+    print(f"{stage}: skipped ({key}: false)", flush=True)
 
 
 def stage_parser(run: Callable[..., Any],

@@ -12,17 +12,9 @@ Fig. 7 top), ``attended_keys.png`` (Fig. 7 bottom) and ``layers_overlay.png`` (F
 
 from __future__ import annotations
 
-from pipeline.analysis.layers import (
-    analyze,
-    draw_figures,
-    layer_rows,
-    layers_csv,
-    layers_markdown,
-    model_depth,
-    select_samples,
-    summary_metrics,
-)
-from pipeline.cams.infer import model_geometry, model_preprocess
+from pipeline.analysis.layers import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
+                                      select_samples, summary_metrics)
+from pipeline.cams.infer import model_geometry
 from pipeline.common.io import atomic_dir, write_json, write_text
 from pipeline.config import Params
 from pipeline.data.manifest import load_manifest
@@ -37,15 +29,13 @@ def run(params: Params) -> None:
     cfg = params.analysis
     manifest = load_manifest(MANIFEST)
     model, device = load_trained_classifier(params)
-    img_size, patch, _ = model_geometry(model, params.classifier.img_size, params.classifier.patch_size)
-    preprocess = model_preprocess(model)
-    depth = model_depth(model, img_size, device, preprocess)
+    img_size, patch, depth = model_geometry(model)
     samples = select_samples(manifest.split("train"), cfg.num_images)
     if not samples:
         print("no train image has a mask: the mIoU columns stay empty")
     acc = analyze(model, samples, depth=depth, num_classes=manifest.num_classes, sweep=params.cams.sweep,
                   img_size=img_size, patch_size=patch, scale=cfg.scale, batch_size=cfg.batch_size, device=device,
-                  preprocess=preprocess, num_figures=cfg.num_figures, normalize=params.cams.normalize)
+                  preprocess=model.preprocess, num_figures=cfg.num_figures, normalize=params.cams.normalize)
     rows = layer_rows(acc)
     metrics = summary_metrics(acc, rows)
     with atomic_dir(FIGURES) as tmp:

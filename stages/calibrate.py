@@ -24,64 +24,26 @@ import time
 import numpy as np
 import torch
 
-from pipeline.analysis.calibration import (
-    VOC_PUBLISHED,
-    VOC_SAMPLES,
-    CamNet,
-    DataStats,
-    calibration_markdown,
-    cnn_cams,
-    freeze_early_layers,
-    grid_labels,
-    mask_statistics,
-    threshold_miou,
-    train_cam_net,
-)
-from pipeline.common.device import cpu_count, resolve_device, seed_everything
-from pipeline.common.io import (
-    FileSequence,
-    read_label_png,
-    read_npz,
-    read_rgb,
-    write_json,
-    write_label_png,
-    write_npz,
-    write_text,
-)
+from pipeline.analysis.calibration import (VOC_PUBLISHED, VOC_SAMPLES, CamNet, DataTotal, build_cam_net,
+                                           calibration_markdown, cam_net_map, cnn_cams, data_one, refinement_figures,
+                                           train_cam_net)
+from pipeline.common.device import cpu_count, resolve_device
+from pipeline.common.io import (FileSequence, read_label_png, read_npz, read_rgb, write_json, write_label_png,
+                                write_npz, write_text)
 from pipeline.common.parallel import fold_items
 from pipeline.common.progress import progress
-from pipeline.config import Calibration, ConfigError, Params, weights_file
-from pipeline.data.classification import ClassificationDataset, mean_average_precision
+from pipeline.config import Calibration, ConfigError, Params
+from pipeline.data.classification import ClassificationDataset
 from pipeline.data.manifest import Sample, load_manifest
-from pipeline.metrics import ThresholdSweep, confusion_matrix, miou, thresholds_from
+from pipeline.metrics import ThresholdSweep, miou, thresholds_from
 from pipeline.models.inputs import image_to_tensor
 from pipeline.postprocess.crf import crf_scores
 from pipeline.postprocess.labels import SweepTotal, sweep_counts
 from pipeline.postprocess.psa import confident_regions, psa_scores
-from stages._common import MANIFEST, MODELS, REPORTS, stage_main, write_timing
+from stages._common import MANIFEST, MODELS, REPORTS, stage_main, write_skipped, write_timing
 
 OUT = REPORTS / "calibration"
 WORK = MODELS / "calibration_tmp"  # CAMs and confident label maps of this run (not an output)
-
-
-class DataTotal:
-    """Mask statistics and the token-grid ceiling's confusion, summed over images."""
-
-    def __init__(self, num_classes: int):
-        self.stats, self.confusion = DataStats(), np.zeros((num_classes, num_classes), np.int64)
-
-    def add(self, item: tuple[dict, np.ndarray]) -> None:
-        self.stats.add(item[0])
-        self.confusion += item[1]
-
-    def merge(self, other: DataTotal) -> None:
-        self.stats.merge(other.stats)
-        self.confusion += other.confusion
-
-
-def data_one(sample: Sample, grid: int, num_classes: int) -> tuple[dict, np.ndarray]:
-    mask = read_label_png(sample.mask)
-    return mask_statistics(mask), confusion_matrix(grid_labels(mask, grid, num_classes), mask, num_classes)
 
 
 def refine_one(sample: Sample, params: Params, thresholds: np.ndarray, num_classes: int) -> tuple:
@@ -94,26 +56,10 @@ def refine_one(sample: Sample, params: Params, thresholds: np.ndarray, num_class
     return sweep_counts(refined, keys, read_label_png(sample.mask), thresholds, num_classes)
 
 
-def sweep_figures(sweep: ThresholdSweep, alpha1: float) -> dict:
-    """Best-threshold mIoU (%) and its threshold, and the mIoU at Eq. 16's fixed background threshold ``alpha1``."""
-    res = sweep.result()
-    return {"best_miou": round(100 * res["best_miou"], 2), "best_threshold": res["best_threshold"],
-            "miou_at_alpha1": None if (m := threshold_miou(res, alpha1)) is None else round(100 * m, 2)}
-
-
 def train_cnn(params: Params, train: list[Sample], val: list[Sample], num_classes: int,
               device: torch.device) -> tuple[CamNet, dict]:
     cfg = params.calibration
-    path = weights_file(cfg.pretrained)
-    state = None
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"calibration.pretrained: weights file {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    seed_everything(cfg.seed)
-    model = CamNet(cfg.backbone, num_classes, cfg.output_stride, state, hub=cfg.pretrained == "timm",
-                   source=str(path)).to(device)
-    freeze_early_layers(model.body, cfg.frozen_stride)
+    model = build_cam_net(cfg, num_classes).to(device)
     data = ClassificationDataset(train, num_classes, cfg.img_size, train=True, crop_scale=cfg.crop_scale,
                                  seed=cfg.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True,
@@ -122,14 +68,8 @@ def train_cnn(params: Params, train: list[Sample], val: list[Sample], num_classe
                                          num_workers=params.runtime.loader_workers)
     losses = train_cam_net(model, loader, cfg.epochs, cfg.lr, cfg.weight_decay, device,
                            lambda e, loss: print(f"calibrate: CNN epoch {e}/{cfg.epochs} loss {loss:.4f}", flush=True))
-    model.eval()
-    scores, targets = [], []
-    with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(ClassificationDataset(val, num_classes, cfg.img_size, train=False),
-                                                batch_size=cfg.batch_size):
-            scores.append(torch.sigmoid(model(x.to(device))).cpu())
-            targets.append(y)
-    val_map = mean_average_precision(torch.cat(scores).numpy(), torch.cat(targets).numpy()) if val else None
+    val_map = cam_net_map(model, ClassificationDataset(val, num_classes, cfg.img_size, train=False), cfg.batch_size,
+                          device) if val else None
     return model, {"val_map": None if val_map is None else round(100 * val_map, 2), "final_loss": round(losses[-1], 5)}
 
 
@@ -164,9 +104,8 @@ def walk_pass(params: Params, train: list[Sample], device: torch.device, sweep: 
 def run(params: Params) -> None:
     cfg = params.calibration
     if not cfg.enabled:
-        write_json(OUT / "calibration.json", {"skipped": True})
-        write_text(OUT / "calibration.md", "Calibration skipped (`calibration.enabled: false`).\n")
-        print("calibrate: skipped (calibration.enabled is false)")
+        write_skipped("calibrate", "calibration.enabled", OUT / "calibration.json",
+                      marker=(OUT / "calibration.md", "Calibration skipped (`calibration.enabled: false`).\n"))
         return
     start = time.perf_counter()
     manifest = load_manifest(MANIFEST)
@@ -192,10 +131,7 @@ def run(params: Params) -> None:
     shutil.rmtree(WORK, ignore_errors=True)
 
     alpha1 = params.pseudo.alpha1
-    figures = {"cam": sweep_figures(cam_sweep, alpha1), "crf": sweep_figures(crf.sweep, alpha1),
-               "psa": sweep_figures(psa, alpha1)}
-    for name in ("crf", "psa"):
-        figures[name]["gain"] = round(figures[name]["best_miou"] - figures["cam"]["best_miou"], 2)
+    figures = refinement_figures(cam_sweep, {"crf": crf.sweep, "psa": psa}, alpha1)
     result = {"dataset": manifest.dataset, "split": "train", "data": data.stats.summary(),
               "token_grid": {"grid": cfg.token_grid, "miou": round(100 * miou(data.confusion)[0], 2)},
               "cnn": {"backbone": cfg.backbone, **cnn}, **figures, "eq16_alpha1": alpha1,

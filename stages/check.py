@@ -9,7 +9,8 @@ toy root) depends on its output, and it fails before anything downstream is touc
 - the dataset root: its layout, the split lists (with a hint for SBD's ``train_aug``), that every listed
   image and every val mask exists. Files are not decoded here: stage ``prepare`` does that;
 - the starting weights: a keyword, a file under ``weights/`` (:func:`pipeline.config.weights_file`), or one
-  of the files later stages write there (``pipeline.config.BUILT_WEIGHTS``), for the networks it fits.
+  of the files later stages write there (``pipeline.vocabulary.BUILT_WEIGHTS``), for the networks it fits
+  (:func:`pipeline.models.weights.check_weight_params`).
 
 Its output ``data/checked.json`` has the same bytes whenever the check passes, so a valid edit reruns only
 the stages whose own params or inputs changed.
@@ -20,23 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.common.io import DataError, write_json
-from pipeline.config import TOY_ROOT, WEIGHTS_DIR, ConfigError, Dataset, Params, Runtime, weights_file
-from pipeline.vocabulary import (
-    BUILT_WEIGHTS,
-    IMAGENET_CNN,
-    IMAGENET_CNN_BACKBONE,
-    PRETRAINED_VIT,
-    SMP_WEIGHTS,
-    TIMM_WEIGHTS,
-    WEIGHT_KEYWORDS,
-)
+from pipeline.config import TOY_ROOT, ConfigError, Dataset, Params, Runtime
+from pipeline.models.weights import check_weight_params
 from stages._common import CHECKED, stage_main
 
 TOY_SPLITS = ("train", "val", "trainval")
-WEIGHT_PARAMS = (("classifier.pretrained", TIMM_WEIGHTS), ("psa.pretrained", TIMM_WEIGHTS),
-                 ("seg.encoder_weights", SMP_WEIGHTS), ("calibration.pretrained", TIMM_WEIGHTS),
-                 ("pretrain.teacher", TIMM_WEIGHTS))
-
 
 def check_dataset_params(ds: Dataset) -> None:
     """The dataset settings that need no file access."""
@@ -96,43 +85,6 @@ def check_coco_root(ds: Dataset) -> None:
                 raise DataError(f"{path}: not found (dataset.coco.{split}_{kind} under dataset.root)")
 
 
-def check_built_weights(params: Params, dotted: str, value: str) -> None:
-    """A weights file that a stage of the DAG writes fits only the networks it is made for."""
-    fits = {PRETRAINED_VIT: ("classifier.pretrained",), IMAGENET_CNN: ("psa.pretrained", "seg.encoder_weights",
-                                                                         "calibration.pretrained", "pretrain.teacher")}
-    if dotted not in fits[value]:
-        raise ConfigError(f"{dotted}: {value} (written by stage {BUILT_WEIGHTS[value]}) is for "
-                          f"{' / '.join(fits[value])}, not for {dotted}")
-    if dotted == "pretrain.teacher" and params.pretrain.teacher_backbone != IMAGENET_CNN_BACKBONE:
-        raise ConfigError(f"pretrain.teacher: {value} holds a whole {IMAGENET_CNN_BACKBONE}, not "
-                          f"pretrain.teacher_backbone {params.pretrain.teacher_backbone!r} (set it to "
-                          f"{IMAGENET_CNN_BACKBONE}, or name another teacher)")
-    if value == PRETRAINED_VIT and not params.pretrain.enabled:
-        raise ConfigError(f"{dotted}: {value} is written by stage pretrain, which pretrain.enabled: false skips "
-                          "(set classifier.pretrained: none, or pretrain.enabled: true)")
-
-
-def check_weights(params: Params) -> None:
-    """Each weights value is one of its keywords or a file under weights/ (DVC depends on weights/<value>)."""
-    for dotted, keywords in WEIGHT_PARAMS:
-        section, key = dotted.split(".")
-        value = getattr(getattr(params, section), key)
-        if value in keywords:
-            continue
-        if value in BUILT_WEIGHTS:  # written by a stage of the DAG (after this one)
-            check_built_weights(params, dotted, value)
-            continue
-        if value in WEIGHT_KEYWORDS:
-            raise ConfigError(f"{dotted}: {value!r} is not a choice here (use {' or '.join(keywords)}, or a file "
-                              f"under {WEIGHTS_DIR}/)")
-        path = Path(value)
-        if path.is_absolute() or ".." in path.parts:
-            raise ConfigError(f"{dotted}: {value!r}: give a file name under {WEIGHTS_DIR}/ (copy or symlink the "
-                              f"file there: ln -s {value} {WEIGHTS_DIR}/{path.name}), so DVC tracks its content")
-        if not weights_file(value).is_file():
-            raise ConfigError(f"{dotted}: weights file {weights_file(value)} not found")
-
-
 def check_processes(runtime: Runtime) -> None:
     """runtime.nproc DDP processes need as many GPUs when the training stages run on CUDA (one each)."""
     import torch
@@ -151,7 +103,7 @@ def check_processes(runtime: Runtime) -> None:
 def run(params: Params) -> None:
     ds = params.dataset
     check_dataset_params(ds)
-    check_weights(params)
+    check_weight_params(params)
     check_processes(params.runtime)
     if ds.name == "coco":
         check_coco_root(ds)

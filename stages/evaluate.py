@@ -31,10 +31,10 @@ from pipeline.common.progress import progress
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.evaluate.inference import cap_side, crf_label, image_tensor, label_to_size, predict_probs, to_label
-from pipeline.evaluate.scoring import chunks, confusion_csv, confusion_figure, overlay_figure, summarize
+from pipeline.evaluate.scoring import groups_of, confusion_csv, confusion_figure, overlay_figure, summarize
 from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
-from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main
+from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main, write_skipped
 
 MODEL = SEGMENTER / "model.pt"
 OUT = REPORTS / "evaluate"
@@ -49,9 +49,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
     if upper_bound and not model_path.is_file() and (model_path.parent / SKIPPED).is_file():
         with atomic_dir(out / "figures"):
             pass
-        write_json(out / "metrics.json", {"miou": None, "skipped": True})
-        write_bytes(out / "confusion.csv", b"actual,predicted,pixels,fraction\n")
-        print("evaluate_gt: skipped (upper_bound.enabled: false)", flush=True)
+        write_skipped("evaluate_gt", "upper_bound.enabled", out / "metrics.json", miou=None,
+                      files={out / "confusion.csv": b"actual,predicted,pixels,fraction\n"})
         return
     manifest = load_manifest(MANIFEST)
     num_classes = manifest.num_classes + 1
@@ -77,7 +76,7 @@ def run(params: Params, upper_bound: bool = False) -> None:
         overlays = figures / "overlays"
         overlays.mkdir()
         done = 0
-        groups = chunks(samples, chunk)
+        groups = groups_of(samples, chunk)
         for group in progress(groups, desc=f"evaluate ({len(samples)} images, groups of {chunk})", total=len(groups)):
             images, masks, probs = [], [], []
             for s in group:

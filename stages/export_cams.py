@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.cams.export import cam_quality, export_cams, export_tag, prepare_out_dir, sweep_csv
-from pipeline.cams.infer import model_geometry, model_preprocess
+from pipeline.cams.infer import model_geometry
 from pipeline.common.digests import file_tag
-from pipeline.common.io import DataError, write_bytes, write_json, write_text
+from pipeline.common.io import DataError, write_bytes, write_json
 from pipeline.config import ConfigError, Params
 from pipeline.data.manifest import Sample, load_manifest
 from stages._classifier import load_trained_classifier
-from stages._common import CAMS, CAMS_BASE, CLASSIFIER, CLASSIFIER_BASE, MANIFEST, REPORTS, SKIPPED, stage_main
+from stages._common import (CAMS, CAMS_BASE, CLASSIFIER, CLASSIFIER_BASE, MANIFEST, REPORTS, SKIPPED, stage_main,
+                            write_skipped)
 
 BASELINE_VARIANTS = ["cam", "avg"]  # Table I: "CAMs" and "CAMs + Affinity" of the w/o-AReAM classifier
 
@@ -38,15 +39,14 @@ def run(params: Params, baseline: bool = False) -> None:
         (CLASSIFIER, CAMS, REPORTS / "cams")
     if baseline:
         if not params.baseline.enabled:
-            write_text(out_dir / SKIPPED, "baseline.enabled is false: no baseline CAMs\n")
-            write_json(report / "metrics.json", {"skipped": True})
-            write_bytes(report / "sweep.csv", b"threshold\n")
-            print("export_cams_base: skipped (baseline.enabled: false)", flush=True)
+            write_skipped("export_cams_base", "baseline.enabled", report / "metrics.json",
+                          marker=(out_dir / SKIPPED, "baseline.enabled is false: no baseline CAMs\n"),
+                          files={report / "sweep.csv": b"threshold\n"})
             return
         cfg = cfg.replace(variants=BASELINE_VARIANTS, splits=["train"])
     manifest = load_manifest(MANIFEST)
     model, device = load_trained_classifier(params, folder)
-    img_size, patch, depth = model_geometry(model, params.classifier.img_size, params.classifier.patch_size)
+    img_size, patch, depth = model_geometry(model)
     if depth and "first_k" in cfg.variants and cfg.first_k > depth:
         raise ConfigError(f"cams.first_k: {cfg.first_k} exceeds the classifier's {depth} layers")
 
@@ -62,7 +62,7 @@ def run(params: Params, baseline: bool = False) -> None:
     if removed:
         print(f"removed {removed} stale CAM files from {out_dir}")
     written = export_cams(model, list(samples.values()), out_dir, cfg, img_size=img_size, patch_size=patch,
-                          device=device, preprocess=model_preprocess(model),
+                          device=device, preprocess=model.preprocess,
                           loader_workers=params.runtime.loader_workers)
     print(f"exported {written} CAM files ({len(samples) - written} already present) to {out_dir}")
 

@@ -25,16 +25,16 @@ import numpy as np
 import torch
 
 from pipeline.common.device import cpu_count
-from pipeline.common.io import write_json, write_text, write_torch
+from pipeline.common.io import write_json, write_torch
 from pipeline.common.parallel import map_items
 from pipeline.config import Params, weights_file
 from pipeline.data.corpus import corpus_classes, render_chunk
 from pipeline.train.distill import build_teacher
-from pipeline.train.harness import Checkpoint, Curves, epoch_hook, setup_distributed, teardown
 from pipeline.train.pretrain import backbone_state, pretrain_vit
 from pipeline.vocabulary import PRETRAINED_VIT
-from stages._common import MODELS, REPORTS, stage_main, write_empty_plots, write_timing
+from stages._common import MODELS, REPORTS, stage_main, write_skipped
 from stages._resume import run_tag
+from stages._training import TrainingRun
 
 OUTPUT = weights_file(PRETRAINED_VIT)
 CHECKPOINT = MODELS / "pretrain_ckpt" / "last.pt"
@@ -51,17 +51,12 @@ def render_split(params: Params, classes, split: str, count: int) -> tuple[np.nd
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def write_skipped() -> None:
-    write_text(OUTPUT, "pretrain.enabled is false: no pretrained weights here\n")
-    write_json(REPORT_DIR / "metrics.json", {"skipped": True})
-    write_empty_plots(REPORT_DIR / "live", LIVE_KEYS)
-    print("pretrain: skipped (pretrain.enabled: false)", flush=True)
-
-
 def run(params: Params) -> None:
     cfg, arch = params.pretrain, params.classifier
     if not cfg.enabled:
-        write_skipped()
+        write_skipped("pretrain", "pretrain.enabled", REPORT_DIR / "metrics.json",
+                      marker=(OUTPUT, "pretrain.enabled is false: no pretrained weights here\n"),
+                      plots=(REPORT_DIR / "live", LIVE_KEYS))
         return
     teacher = build_teacher(cfg)  # a missing or unfitting teacher stops the stage before the corpus is rendered
     classes = corpus_classes(cfg.num_classes)
@@ -69,16 +64,14 @@ def run(params: Params) -> None:
     train = render_split(params, classes, "train", cfg.num_classes * cfg.images_per_class)
     val = render_split(params, classes, "val", cfg.num_classes * cfg.val_per_class)
     render_s = time.perf_counter() - started
-    dist, device = setup_distributed(params.runtime.device)
+    training = TrainingRun("pretrain", params.runtime.device)
+    dist, device = training.dist, training.device
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(cpu_count())
     arch_keys = {k: getattr(arch, k) for k in ("backbone", "patch_size", "depth")}
     tag = run_tag("stages.pretrain", {"pretrain": cfg.model_dump(), "classifier": arch_keys, "device": device.type,
                                       "world": dist.world_size}, [weights_file(cfg.teacher)])
-    checkpoint = Checkpoint(CHECKPOINT, tag, "pretrain", dist)
-    resume = checkpoint.load()
-    curves = Curves(REPORT_DIR / "live", LIVE_KEYS.__contains__, resume["history"] if resume else []) \
-        if dist.is_main else None
+    resume = training.open(CHECKPOINT, tag, REPORT_DIR / "live", LIVE_KEYS.__contains__)
     if dist.is_main:
         print(f"pretrain: {arch.backbone} depth {arch.depth}, patch {arch.patch_size}, {cfg.image_size} px on "
               f"{len(train[0])} corpus images of {cfg.num_classes} classes ({len(val[0])} held out), "
@@ -86,18 +79,13 @@ def run(params: Params) -> None:
               + (f"; teacher {cfg.teacher_backbone} ({cfg.teacher}) at stride {cfg.teacher_stride}" if teacher else ""),
               flush=True)
 
-    on_epoch = epoch_hook(checkpoint, curves, dist, lambda epoch, m: (
+    on_epoch = training.on_epoch(lambda epoch, m: (
         f"pretrain epoch {epoch}/{cfg.epochs}: loss {m['loss']:.3f} train acc {m['train_acc']:.3f} "
         f"held-out acc {m['val_acc']:.3f}"))
 
-    try:
-        model, history = pretrain_vit(arch, cfg, train, val, cfg.num_classes, device, dist=dist, resume=resume,
-                                      on_epoch=on_epoch, teacher=teacher)
-    finally:
-        if curves is not None:
-            curves.end()
-    teardown(dist)
-    if not dist.is_main:
+    model, history = training.train(lambda: pretrain_vit(arch, cfg, train, val, cfg.num_classes, device, dist=dist,
+                                                         resume=resume, on_epoch=on_epoch, teacher=teacher))
+    if not training.is_main:
         return
     write_torch(OUTPUT, backbone_state(model))
     final = history[-1]
@@ -106,9 +94,7 @@ def run(params: Params) -> None:
                                              "val_acc": final["val_acc"], "epochs": len(history),
                                              "classes": cfg.num_classes, "images": len(train[0]),
                                              "teacher": cfg.teacher, **distill})
-    write_timing("pretrain", {"render_seconds": round(render_s, 1),
-                              "train_seconds": round(time.perf_counter() - started - render_s, 1)})
-    checkpoint.finish()
+    training.finish(render_seconds=round(render_s, 1))
     print(f"pretrain: held-out top-1 {final['val_acc']:.3f} ({cfg.num_classes} classes); weights -> {OUTPUT}",
           flush=True)
 

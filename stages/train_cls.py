@@ -24,35 +24,21 @@ Runs on CUDA with AMP when present, else CPU. Multi-GPU: ``runtime.nproc`` (``--
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.common.io import DataError, write_json, write_text
-from pipeline.common.progress import progress
+from pipeline.common.io import DataError, write_json
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
 from pipeline.models.vit import save_classifier
-from pipeline.train.classifier import Callbacks, train_classifier
-from pipeline.train.harness import Checkpoint, Curves, amp_dtype, setup_distributed, teardown
-from stages._common import (
-    CLASSIFIER,
-    CLASSIFIER_BASE,
-    CLASSIFIER_BASE_CKPT,
-    CLASSIFIER_CKPT,
-    MANIFEST,
-    PREPARED,
-    REPORTS,
-    SKIPPED,
-    stage_main,
-    write_empty_plots,
-    write_timing,
-)
+from pipeline.train.classifier import train_classifier
+from pipeline.train.harness import amp_dtype
+from stages._common import (CLASSIFIER, CLASSIFIER_BASE, CLASSIFIER_BASE_CKPT, CLASSIFIER_CKPT, MANIFEST, PREPARED,
+                            REPORTS, SKIPPED, stage_main, write_skipped)
 from stages._resume import run_tag
+from stages._training import Outputs, TrainingRun
 
 CHECKPOINT = CLASSIFIER_CKPT / "last.pt"
 MODEL = CLASSIFIER / "model.pt"
@@ -60,14 +46,6 @@ REPORT_DIR = REPORTS / "train_cls"
 LIVE_DIR = REPORT_DIR / "live"
 METRICS = REPORT_DIR / "metrics.json"
 
-
-@dataclass(frozen=True)
-class Outputs:
-    """Where one classifier run writes (mirrored in dvc.yaml)."""
-    stage: str
-    model: Path
-    ckpt: Path
-    report: Path
 
 
 AREAM_RUN = Outputs("train_cls", MODEL, CHECKPOINT, REPORT_DIR)
@@ -109,40 +87,26 @@ def run(params: Params, stop_after: int | None = None, baseline: bool = False) -
     out = BASELINE_RUN if baseline else AREAM_RUN
     if baseline:
         if not params.baseline.enabled:
-            if int(os.environ.get("RANK", "0")) == 0:
-                write_text(out.model.parent / SKIPPED, "baseline.enabled is false: no baseline classifier trained\n")
-                write_json(out.report / "metrics.json", {"skipped": True})
-                write_empty_plots(out.report / "live", tuple(f"{out.stage}/{k}" for k in LOGGED))
-                print("train_cls_base: skipped (baseline.enabled: false)", flush=True)
+            write_skipped(out.stage, "baseline.enabled", out.report / "metrics.json",
+                          marker=(out.model.parent / SKIPPED, "baseline.enabled is false: no baseline classifier "
+                                  "trained\n"), plots=(out.live_dir, tuple(f"{out.stage}/{k}" for k in LOGGED)))
             return
         params = params.replace(aream={**params.aream.model_dump(), "enabled": False})
     manifest = load_manifest(MANIFEST)
     train, val = manifest.split("train"), manifest.split("val")
     if not train:
         raise DataError(f"{MANIFEST}: the train split is empty")
-    dist, device = setup_distributed(params.runtime.device)
-    checkpoint = Checkpoint(out.ckpt, training_hash(params, device, dist.world_size), out.stage, dist)
-    resume = checkpoint.load()
-    curves = Curves(out.report / "live", _curve, resume["history"] if resume else [], f"{out.stage}/") \
-        if dist.is_main else None
-
-    def on_epoch(epoch: int, metrics: dict) -> None:
-        curves.log(metrics)
-        line = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                         if isinstance(v, float) and (k in LOGGED or k == "seconds"))
-        print(f"{out.stage}: epoch {epoch}/{params.train_cls.epochs}: {line}", file=sys.stderr)
-
-    callbacks = Callbacks(checkpoint=checkpoint.save, log=on_epoch,
-                          progress=lambda it, desc="", total=None: progress(it, desc, total, dist.is_main))
-    try:
-        result = train_classifier(params.classifier, params.train_cls, params.aream, params.par, train, val,
-                                  manifest.num_classes, device, resume=resume, seed=params.seed, callbacks=callbacks,
-                                  stop_after=stop_after, loader_workers=params.runtime.loader_workers, dist=dist)
-    finally:
-        if curves is not None:
-            curves.end()
-    teardown(dist)
-    if not result.finished or not dist.is_main:
+    training = TrainingRun(out.stage, params.runtime.device)
+    dist, device = training.dist, training.device
+    resume = training.open(out.ckpt, training_hash(params, device, dist.world_size), out.live_dir, _curve,
+                           f"{out.stage}/")
+    on_epoch = training.on_epoch(lambda epoch, m: f"{out.stage}: epoch {epoch}/{params.train_cls.epochs}: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float) and (k in LOGGED or k == "seconds")))
+    result = training.train(lambda: train_classifier(
+        params.classifier, params.train_cls, params.aream, params.par, train, val, manifest.num_classes, device,
+        resume=resume, seed=params.seed, on_epoch=on_epoch, stop_after=stop_after,
+        loader_workers=params.runtime.loader_workers, dist=dist))
+    if not result.finished or not training.is_main:
         return
     save_classifier(result.model, out.model)
     last = result.history[-1] if result.history else {}
@@ -153,9 +117,7 @@ def run(params: Params, stop_after: int | None = None, baseline: bool = False) -
                     "best_val_map": max((h.get("val_map", float("nan")) for h in result.history), default=None),
                     "aream": params.aream.enabled, "device": device.type})
     write_json(out.report / "metrics.json", metrics)
-    write_timing(out.stage, {"train_seconds": seconds, "images_per_second": images / seconds if seconds else None,
-                               "resumed_from_epoch": resume["epoch"] if resume else 0})
-    checkpoint.finish()  # a finished run leaves no checkpoint: a forced rerun trains anew
+    training.finish(epoch_seconds=round(seconds, 1), images_per_second=images / seconds if seconds else None)
     print(f"{out.stage}: val mAP {metrics.get('val_map', float('nan')):.4f} (chance {metrics['chance_map']:.4f}); "
           f"model written to {out.model}", file=sys.stderr)
 

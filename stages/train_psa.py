@@ -35,10 +35,11 @@ from pipeline.models.affinitynet import save_affinitynet
 from pipeline.postprocess.labels import add_sparse, label_quality, sparse_counts, summarize_quality
 from pipeline.postprocess.psa import confident_regions
 from pipeline.train.affinity import SUMMED, train_affinitynet
-from pipeline.train.harness import Checkpoint, Curves, epoch_hook, gather_shards, setup_distributed, teardown
+from pipeline.train.harness import gather_shards
 from stages._cam_inputs import load_cam_inputs
 from stages._common import AFFINITYNET, AFFINITYNET_CKPT, MANIFEST, PREPARED, REPORTS, stage_main
 from stages._resume import run_tag
+from stages._training import TrainingRun
 
 MODEL = AFFINITYNET / "model.pt"
 CHECKPOINT = AFFINITYNET_CKPT / "last.pt"
@@ -80,7 +81,8 @@ def run(params: Params) -> None:
     samples = manifest.split("train")
     num_classes = manifest.num_classes + 1
 
-    dist, device = setup_distributed(params.runtime.device)
+    training = TrainingRun("train_psa", params.runtime.device)
+    dist, device = training.dist, training.device
     # the dense CRFs of the confident regions: each process takes every world_size-th image and writes its
     # label maps to CONFIDENT; the gather (a collective) returns once every process has written its own
     if dist.is_main:  # a fresh, empty folder: no label map of an earlier run survives
@@ -108,32 +110,23 @@ def run(params: Params) -> None:
                                        "world": dist.world_size,
                                        "labels": sequence_sha256([r[0] for r in results])},
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.pretrained)])
-    checkpoint = Checkpoint(CHECKPOINT, tag, "train_psa", dist)
-    resume = checkpoint.load()
-    curves = Curves(LIVE_DIR, CURVES.__contains__, resume["history"] if resume else []) if dist.is_main else None
-
-    on_epoch = epoch_hook(checkpoint, curves, dist, lambda epoch, m: (
+    resume = training.open(CHECKPOINT, tag, LIVE_DIR, CURVES.__contains__)
+    on_epoch = training.on_epoch(lambda epoch, m: (
         f"epoch {epoch}/{cfg.epochs}: loss {m['loss']:.4f} (bg {m['bg_loss']:.3f} fg {m['fg_loss']:.3f} "
         f"neg {m['neg_loss']:.3f})"))
-
-    try:
-        model, history = train_affinitynet(images, labels, cfg, device, seed=params.seed, dist=dist, resume=resume,
-                                           on_epoch=on_epoch)
-    finally:
-        if curves is not None:
-            curves.end()
-    teardown(dist)
-    if not dist.is_main:
+    model, history = training.train(lambda: train_affinitynet(images, labels, cfg, device, seed=params.seed,
+                                                              dist=dist, resume=resume, on_epoch=on_epoch))
+    if not training.is_main:
         return
     last = {k: v for k, v in history[-1].items() if k in CURVES}
     metrics = {**last, "epochs": len(history), "confident_miou": quality["miou"],
                "confident_ignored": quality["ignored"], "images": len(samples)}
     save_affinitynet(model.cpu(), MODEL, extra={
         "params_hash": json_tag({"psa": cfg.model_dump(), "seed": params.seed, "crf": params.crf.model_dump(),
-                                    "post": params.post.model_dump()}),
+                                 "post": params.post.model_dump()}),
         "metrics": {**last, "confident_miou": quality["miou"], "confident_ignored": quality["ignored"]}})
     write_json(METRICS, metrics)
-    checkpoint.finish()
+    training.finish()
     shutil.rmtree(CONFIDENT, ignore_errors=True)
     print(f"train_psa: confident regions mIoU {quality['miou']} ignored {quality['ignored']}; saved {MODEL}")
 

@@ -27,65 +27,35 @@ from __future__ import annotations
 
 import functools
 import os
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.common.device import seed_everything
 from pipeline.common.digests import label_files_tag
-from pipeline.common.io import DataError, write_json, write_text
+from pipeline.common.io import DataError, write_json
 from pipeline.config import Params, weights_file
 from pipeline.data.manifest import load_manifest
 from pipeline.models.segmenter import build_segmenter, save_segmenter
-from pipeline.train.harness import Checkpoint, Curves, setup_distributed, teardown, wrap
-from pipeline.train.segmenter import SegTrainSet, TrainState, load_pair, train_segmenter, training_pairs
-from stages._common import (
-    MANIFEST,
-    PREPARED,
-    PSEUDO,
-    REPORTS,
-    SEGMENTER,
-    SEGMENTER_CKPT,
-    SEGMENTER_GT,
-    SEGMENTER_GT_CKPT,
-    SKIPPED,
-    stage_main,
-    write_empty_plots,
-    write_timing,
-)
+from pipeline.train.harness import wrap
+from pipeline.train.segmenter import SegTrainSet, load_pair, train_segmenter, training_pairs
+from stages._common import (MANIFEST, PREPARED, PSEUDO, REPORTS, SEGMENTER, SEGMENTER_CKPT, SEGMENTER_GT,
+                            SEGMENTER_GT_CKPT, SKIPPED, stage_main, write_skipped)
 from stages._resume import run_tag
+from stages._training import Outputs, TrainingRun
 
 LIVE_KEYS = ("loss", "pixel_acc", "lr")  # per-epoch curves (throughput varies run to run: reports/timing/)
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """Where one training run writes (mirrored in dvc.yaml)."""
-    model: Path
-    ckpt: Path
-    report: Path
-
-    @property
-    def live_dir(self) -> Path:
-        return self.report / "live"
-
-
-WSSS = Outputs(SEGMENTER / "model.pt", SEGMENTER_CKPT / "last.pt", REPORTS / "train_seg")
-UPPER_BOUND = Outputs(SEGMENTER_GT / "model.pt", SEGMENTER_GT_CKPT / "last.pt", REPORTS / "train_seg_gt")
+WSSS = Outputs("train_seg", SEGMENTER / "model.pt", SEGMENTER_CKPT / "last.pt", REPORTS / "train_seg")
+UPPER_BOUND = Outputs("train_seg_gt", SEGMENTER_GT / "model.pt", SEGMENTER_GT_CKPT / "last.pt",
+                      REPORTS / "train_seg_gt")
 
 
 def run(params: Params, upper_bound: bool = False) -> None:
     cfg = params.seg.model_copy(update={"labels": "gt"}) if upper_bound else params.seg
     out = UPPER_BOUND if upper_bound else WSSS
     if upper_bound and not params.upper_bound.enabled:
-        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process writes the skipped outputs
-            return
-        write_text(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model trained\n")
-        write_json(out.report / "metrics.json", {"skipped": True})
-        write_empty_plots(out.live_dir, LIVE_KEYS)
-        print("train_seg_gt: skipped (upper_bound.enabled: false)", flush=True)
+        write_skipped("train_seg_gt", "upper_bound.enabled", out.report / "metrics.json",
+                      marker=(out.model.parent / SKIPPED, "upper_bound.enabled is false: no fully supervised model "
+                              "trained\n"), plots=(out.live_dir, LIVE_KEYS))
         return
     manifest = load_manifest(MANIFEST)
     num_classes = manifest.num_classes + 1
@@ -95,7 +65,8 @@ def run(params: Params, upper_bound: bool = False) -> None:
     if len(pairs) < 2:
         raise DataError(f"{MANIFEST}: {len(pairs)} usable train images for seg.labels={cfg.labels}; need at least 2")
 
-    dist, device = setup_distributed(params.runtime.device)
+    training = TrainingRun(out.stage, params.runtime.device)
+    dist, device = training.dist, training.device
     seed_everything(params.seed)
     tag = run_tag("stages.train_seg", {"seg": cfg.model_dump(), "seed": params.seed,
                                        "dataset": params.dataset.model_dump(),
@@ -104,47 +75,29 @@ def run(params: Params, upper_bound: bool = False) -> None:
                   [MANIFEST, PREPARED / "summary.json", weights_file(cfg.encoder_weights)])
     model = build_segmenter(cfg, num_classes).to(device)
     net = wrap(model, dist, device, sync_bn=True)
-    checkpoint = Checkpoint(out.ckpt, tag, out.report.name, dist)
-    saved = checkpoint.load()
-    resume = TrainState(**saved) if saved else None  # the tag covers this code: the layout is this one
+    resume = training.open(out.ckpt, tag, out.live_dir, LIVE_KEYS.__contains__)
     dataset = SegTrainSet(pairs, cfg, params.seed, load=functools.partial(load_pair, num_classes=num_classes))
     if dist.is_main:
         print(f"train_seg: {cfg.arch}/{cfg.encoder} on {len(pairs)} images ({cfg.labels} labels), {num_classes} "
               f"classes, {cfg.epochs} epochs, device {device}"
               + (f" x{dist.world_size}" if dist.world_size > 1 else ""), flush=True)
-    curves = Curves(out.live_dir, LIVE_KEYS.__contains__, resume.history if resume else []) if dist.is_main else None
-
-    def on_epoch(epoch: int, metrics: dict, state: TrainState) -> None:
-        if not dist.is_main:
-            return
-        checkpoint.save(vars(state))
-        curves.log(metrics)
-        print(f"epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f} pixel acc {metrics['pixel_acc']:.3f} "
-              f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s", flush=True)
-
-    start = time.perf_counter()
-    try:
-        history = train_segmenter(net, dataset, cfg, device, dist=dist, loader_workers=params.runtime.loader_workers,
-                                  resume=resume, on_epoch=on_epoch)
-    finally:
-        if curves is not None:
-            curves.end()
-    elapsed = time.perf_counter() - start
-    if dist.is_main:
-        final = history[-1]
-        metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
-                   "train_images": len(pairs), "skipped_images": skipped}
-        # the resume tag (code, data digests) stays out of the model file: a comment edit that leaves the
-        # weights unchanged must leave the bytes, and everything downstream, unchanged too
-        save_segmenter(model, out.model, manifest.class_names, extra={"metrics": metrics})
-        write_json(out.report / "metrics.json", metrics)
-        write_timing(out.report.name, {"images_per_s": float(np.mean([h["images_per_s"] for h in history[-3:]])),
-                                       "resumed_from_epoch": resume.epoch if resume else 0,
-                                       "train_seconds": round(elapsed, 1)})
-        checkpoint.finish()  # a finished run leaves no checkpoint: a forced rerun trains anew
-        print(f"train_seg: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
-              f"{cfg.labels} labels; model -> {out.model}", flush=True)
-    teardown(dist)
+    on_epoch = training.on_epoch(lambda epoch, m: (
+        f"epoch {epoch}/{cfg.epochs}: loss {m['loss']:.4f} pixel acc {m['pixel_acc']:.3f} lr {m['lr']:.2e} "
+        f"{m['images_per_second']:.1f} img/s"))
+    history = training.train(lambda: train_segmenter(net, dataset, cfg, device, dist=dist, resume=resume,
+                                                     loader_workers=params.runtime.loader_workers, on_epoch=on_epoch))
+    if not training.is_main:
+        return
+    final = history[-1]
+    metrics = {"loss": final["loss"], "pixel_acc": final["pixel_acc"], "epochs": len(history),
+               "train_images": len(pairs), "skipped_images": skipped}
+    # the resume tag (code, data digests) stays out of the model file: a comment edit that leaves the
+    # weights unchanged must leave the bytes, and everything downstream, unchanged too
+    save_segmenter(model, out.model, manifest.class_names, extra={"metrics": metrics})
+    write_json(out.report / "metrics.json", metrics)
+    training.finish(images_per_second=float(np.mean([h["images_per_second"] for h in history[-3:]])))
+    print(f"{out.stage}: final loss {final['loss']:.4f}, pixel acc {final['pixel_acc']:.3f} on the "
+          f"{cfg.labels} labels; model -> {out.model}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     python tests/ddp_worker.py TRAINER OUT [N]          # the same training in one process
 
 N samples (default 9: an odd count the order must pad). Each process writes OUT/rank<r>.json with a digest
-of its final parameters and OUT/rank<r>.npy with the parameters themselves; tests/test_ddp.py checks that
+of its final parameters and OUT/rank<r>.npy with the parameters themselves; tests/train/test_ddp.py checks that
 both processes finished (an uneven split of the samples would hang the last step), agree, and stay close
 to the one-process run.
 """

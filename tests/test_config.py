@@ -6,17 +6,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import (
-    ROOT,
-    ConfigError,
-    deep_merge,
-    defaults,
-    load_params,
-    parse_params,
-    profile_overrides,
-    read_yaml,
-    set_args,
-)
+from pipeline.config import (ROOT, ConfigError, deep_merge, defaults, load_params, parse_params, profile_overrides,
+                             read_yaml, set_args)
 
 
 def test_repo_params_yaml_is_valid_and_complete():

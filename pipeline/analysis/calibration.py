@@ -29,7 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.common.device import seed_everything
+from pipeline.common.io import read_label_png
+from pipeline.config import Calibration
 from pipeline.common.progress import progress
+from pipeline.data.manifest import Sample
+from pipeline.metrics import ThresholdSweep, confusion_matrix
 from pipeline.vocabulary import IGNORE_INDEX
 
 # published figures on PASCAL VOC 2012 train (mIoU %), cited beside ours in the calibration report
@@ -121,6 +126,27 @@ class DataStats:
                                          zip(("under_1pct", "1_5pct", "5_20pct", "over_20pct"), hist)}}
 
 
+class DataTotal:
+    """Mask statistics and the token-grid ceiling's confusion, summed over images."""
+
+    def __init__(self, num_classes: int):
+        self.stats, self.confusion = DataStats(), np.zeros((num_classes, num_classes), np.int64)
+
+    def add(self, item: tuple[dict, np.ndarray]) -> None:
+        self.stats.add(item[0])
+        self.confusion += item[1]
+
+    def merge(self, other: DataTotal) -> None:
+        self.stats.merge(other.stats)
+        self.confusion += other.confusion
+
+
+def data_one(sample: Sample, grid: int, num_classes: int) -> tuple[dict, np.ndarray]:
+    """One train image's mask statistics and the confusion of its token-grid labels against the mask."""
+    mask = read_label_png(sample.mask)
+    return mask_statistics(mask), confusion_matrix(grid_labels(mask, grid, num_classes), mask, num_classes)
+
+
 def grid_labels(mask: np.ndarray, grid: int, num_classes: int) -> np.ndarray:
     """The mask (H, W) seen through a ``grid`` x ``grid`` map and back: each cell takes the majority label of the
     labelled pixels it covers (:func:`pipeline.metrics.token_labels`), and every pixel its cell's label (nearest
@@ -170,6 +196,24 @@ class CamNet(nn.Module):
         """x: (B, 3, H, W) ImageNet-normalised -> class activation maps ReLU(W f) (B, C, h, w) at the feature
         stride."""
         return F.relu(self.classifier(self.body.forward_features(self.renormalise(x))))
+
+
+def build_cam_net(cfg: Calibration, num_classes: int) -> CamNet:
+    """The ``calibration`` section's CAM network from its starting weights (a file under weights/, ``timm`` or
+    ``none``), seeded with ``calibration.seed``, the layers before ``frozen_stride`` frozen."""
+    from pipeline.config import ConfigError, weights_file
+
+    path = weights_file(cfg.pretrained)
+    state = None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"calibration.pretrained: weights file {path} not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    seed_everything(cfg.seed)
+    model = CamNet(cfg.backbone, num_classes, cfg.output_stride, state, hub=cfg.pretrained == "timm",
+                   source=str(path))
+    freeze_early_layers(model.body, cfg.frozen_stride)
+    return model
 
 
 def freeze_early_layers(body: nn.Module, stride: int) -> int:
@@ -230,6 +274,19 @@ def train_cam_net(model: CamNet, loader: Any, epochs: int, lr: float, weight_dec
     return losses
 
 
+@torch.no_grad()
+def cam_net_map(model: CamNet, data: Any, batch_size: int, device: torch.device) -> float:
+    """Validation mAP of the CAM network over the classification dataset ``data``."""
+    from pipeline.data.classification import mean_average_precision
+
+    model.eval()
+    scores, targets = [], []
+    for x, y in torch.utils.data.DataLoader(data, batch_size=batch_size):
+        scores.append(torch.sigmoid(model(x.to(device))).cpu())
+        targets.append(y)
+    return mean_average_precision(torch.cat(scores).numpy(), torch.cat(targets).numpy())
+
+
 def input_shape(height: int, width: int, side: int) -> tuple[int, int]:
     """The image resized so that its longer side is ``side`` (aspect kept, each side at least 1)."""
     scale = side / max(height, width)
@@ -253,6 +310,21 @@ def cnn_cams(model: CamNet, image: torch.Tensor, keys: Sequence[int], sides: Seq
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
         total += cam[0] + (cam[1].flip(-1) if flip else 0)
     return total / total.flatten(1).max(1).values.clamp_min(1e-5)[:, None, None]
+
+
+def sweep_figures(sweep: ThresholdSweep, alpha1: float) -> dict:
+    """Best-threshold mIoU (%) and its threshold, and the mIoU at Eq. 16's fixed background threshold ``alpha1``."""
+    res = sweep.result()
+    return {"best_miou": round(100 * res["best_miou"], 2), "best_threshold": res["best_threshold"],
+            "miou_at_alpha1": None if (m := threshold_miou(res, alpha1)) is None else round(100 * m, 2)}
+
+
+def refinement_figures(cam: ThresholdSweep, refined: dict[str, ThresholdSweep], alpha1: float) -> dict:
+    """:func:`sweep_figures` of the CAM and of each refinement, the refinements with their gain over the CAM."""
+    figures = {"cam": sweep_figures(cam, alpha1), **{name: sweep_figures(s, alpha1) for name, s in refined.items()}}
+    for name in refined:
+        figures[name]["gain"] = round(figures[name]["best_miou"] - figures["cam"]["best_miou"], 2)
+    return figures
 
 
 def threshold_miou(result: dict[str, Any], threshold: float) -> float | None:

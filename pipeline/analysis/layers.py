@@ -29,29 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.analysis.measures import (
-    affinity_images,
-    attended_keys,
-    blend,
-    class_agnostic,
-    first_k_refinements,
-    hellinger_distance,
-    layer_panel,
-    minmax,
-    oracle_affinity,
-    segment_attention,
-    upsample_scores,
-)
-from pipeline.cams.aream import (
-    layer_entropy,
-    normalize_cams,
-    reactivated_affinity,
-    reactivation_weights,
-    refine_cams,
-    refine_per_layer,
-)
-from pipeline.cams.infer import gather_classes, input_side, model_geometry, resize_images
+from pipeline.analysis.measures import (affinity_images, attended_keys, blend, class_agnostic, first_k_refinements,
+                                        hellinger_distance, layer_panel, minmax, oracle_affinity, segment_attention,
+                                        upsample_scores)
+from pipeline.cams.aream import (layer_entropy, normalize_cams, reactivated_affinity, reactivation_weights, refine_cams,
+                                 refine_per_layer)
+from pipeline.cams.infer import gather_classes, input_side, resize_images
 from pipeline.common.io import DataError, read_label_png, read_rgb, write_bytes
+from pipeline.common.markdown import percent_text
 from pipeline.common.palette import heatmap_colormap
 from pipeline.common.progress import progress
 from pipeline.data.manifest import Sample
@@ -226,20 +211,20 @@ def summary_metrics(acc: LayerAnalysis, rows: list[dict[str, Any]]) -> dict[str,
 
 
 def layers_markdown(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["| layer | Hellinger | single-layer mIoU (%) | at threshold | first-K mIoU (%) | re-activation weight | "
              "fg attention on own segment (%) | bg attention on objects (%) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['hellinger']:.3f} | {pct(r['single_layer_miou'])} | "
-                     f"{_cell(r['single_layer_threshold'])} | {pct(r['first_k_miou'])} | "
-                     f"{r['reactivation_weight']:.2f} | {pct(r['own_segment_attention'])} | "
-                     f"{pct(r['bg_attention_on_objects'])} |")
+        lines.append(f"| {r['layer']} | {r['hellinger']:.3f} | {percent_text(r['single_layer_miou'])} | "
+                     f"{_cell(r['single_layer_threshold'])} | {percent_text(r['first_k_miou'])} | "
+                     f"{r['reactivation_weight']:.2f} | {percent_text(r['own_segment_attention'])} | "
+                     f"{percent_text(r['bg_attention_on_objects'])} |")
     at = metrics["best_thresholds"]
-    lines += ["", f"Non-refined CAM {pct(metrics['non_refined_miou'])} (at threshold {_cell(at['cam'])}), "
-              f"all-layer average affinity (Eqs. 4-5) {pct(metrics['avg_miou'])} (at {_cell(at['avg'])}), "
-              f"entropy-weighted AReAM affinity (Eq. 12) {pct(metrics['aream_miou'])} (at {_cell(at['aream'])}), "
-              f"oracle \"same ground-truth segment\" affinity {pct(metrics['oracle_miou'])} (at "
+    lines += ["", f"Non-refined CAM {percent_text(metrics['non_refined_miou'])} (at threshold {_cell(at['cam'])}), "
+              f"all-layer average affinity (Eqs. 4-5) {percent_text(metrics['avg_miou'])} (at {_cell(at['avg'])}), "
+              f"entropy-weighted AReAM affinity (Eq. 12) {percent_text(metrics['aream_miou'])} "
+              f"(at {_cell(at['aream'])}), "
+              f"oracle \"same ground-truth segment\" affinity {percent_text(metrics['oracle_miou'])} (at "
               f"{_cell(at['oracle'])}): best background-threshold mIoU on {metrics['num_images']} train images, one "
               "scale, no flip; Eq. 16 labels with the fixed threshold pseudo.alpha1 (the paper's 0.25) instead. The "
               "oracle is the ceiling of any affinity refinement of this CAM; the attention columns say how much of "
@@ -383,13 +368,3 @@ def analyze(model: Any, samples: Sequence[Sample], *, depth: int, num_classes: i
         analyze_batch(model, images, masks, batch, acc, img_size=img_size, patch_size=patch_size, scale=scale,
                       device=device, preprocess=preprocess, num_figures=num_figures)
     return acc
-
-
-def model_depth(model: Any, probe_size: int, device: torch.device, preprocess: Callable | None) -> int:
-    """Number of attention layers L: from the model's attributes, else one probe forward."""
-    depth = model_geometry(model, probe_size, 1)[2]
-    if depth:
-        return depth
-    with torch.no_grad():
-        x = torch.zeros(1, 3, probe_size, probe_size, device=device)
-        return int(model(preprocess(x) if preprocess else x).attn.shape[1])

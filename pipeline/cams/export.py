@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cams.infer import infer_cams, load_cam_scores, pack_cams
 from pipeline.common.io import DataError, read_label_png, read_npz, read_rgb, write_json, write_npz
-from pipeline.common.parallel import chunked, map_items, num_workers
+from pipeline.common.parallel import split_evenly, map_items, num_workers
 from pipeline.common.progress import progress
 from pipeline.config import Cams, Runtime
 from pipeline.data.manifest import Sample
@@ -132,7 +132,7 @@ def cam_quality(samples: Sequence[Sample], cam_dir: Path, variants: Sequence[str
                     "best_threshold": None, "best_miou": None, "num_images": 0} for v in variants}
     sweeps = {v: ThresholdSweep(thresholds, num_classes + 1) for v in variants}
     fn = partial(_sweep_chunk, cam_dir=cam_dir, variants=variants, thresholds=thresholds, num_classes=num_classes)
-    for hist in map_items(fn, chunked(with_mask, num_workers(runtime) * 4), runtime, desc="cam quality"):
+    for hist in map_items(fn, split_evenly(with_mask, num_workers(runtime) * 4), runtime, desc="cam quality"):
         for v, h in zip(variants, hist):
             sweeps[v].hist += h
     out = {v: s.result() for v, s in sweeps.items()}

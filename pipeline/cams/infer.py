@@ -34,7 +34,7 @@ foreground classes in 1..C, ``size`` int32 (H, W), and one float16 (K, h, w) arr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,6 @@ import torch.nn.functional as F
 
 from pipeline.cams.aream import layer_entropy, normalize_cams, reactivation_weights, refine_cams
 from pipeline.config import Cams
-from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.vocabulary import CAM_VARIANTS
 
 # ----------------------------------------------------------------------------------------------
@@ -75,13 +74,6 @@ def resize_images(images: Sequence[np.ndarray], side: int, device: torch.device 
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         out.append(x)
     return torch.cat(out).to(device).float().div_(255)
-
-
-def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> normalised with the ImageNet mean / std (the classifier's input)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,19 +312,10 @@ def load_cam_scores(npz: dict[str, np.ndarray], variant: str) -> np.ndarray:
     return up.clamp_(0, 1).numpy()
 
 
-def model_geometry(model: Any, fallback_img_size: int, fallback_patch: int) -> tuple[int, int, int]:
-    """(img_size, patch_size, depth L) the classifier was built with (``model.cfg``, ``patch_size``,
-    ``depth``; the fallbacks where a duck-typed model lacks them, depth 0 = unknown)."""
-    cfg = getattr(model, "cfg", None) or {}
-    get = (lambda k: cfg.get(k)) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
-    img_size = getattr(model, "img_size", None) or get("img_size") or fallback_img_size
-    patch = getattr(model, "patch_size", None) or get("patch_size") or fallback_patch
-    depth = getattr(model, "depth", None) or get("depth") or 0
-    return int(img_size), int(patch), int(depth)
-
-
-def model_preprocess(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The classifier's input normalisation: its own ``preprocess`` when it has one, else the ImageNet
-    mean / std that ``pipeline.models.vit.image_to_tensor`` applies in training."""
-    fn = getattr(model, "preprocess", None)
-    return fn if callable(fn) else imagenet_normalize
+def model_geometry(model: Any) -> tuple[int, int, int]:
+    """(img_size, patch_size, depth L) the classifier was built with: its ``img_size``, ``patch_size`` and
+    ``depth`` attributes, which every classifier the CAM code takes must have."""
+    missing = [k for k in ("img_size", "patch_size", "depth") if not hasattr(model, k)]
+    if missing:
+        raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}: not a classifier the CAM code takes")
+    return int(model.img_size), int(model.patch_size), int(model.depth)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def pct(value: float | None) -> str:
+def percent_text(value: float | None) -> str:
     """A fraction as a percentage with one decimal; ``-`` for a missing value."""
     return "-" if value is None else f"{100 * float(value):.1f}"
 

@@ -41,7 +41,7 @@ def num_workers(runtime: Runtime) -> int:
     return runtime.workers or cpu_count()
 
 
-def chunked(items: Sequence[T], n_chunks: int) -> list[list[T]]:
+def split_evenly(items: Sequence[T], n_chunks: int) -> list[list[T]]:
     """Split into at most ``n_chunks`` contiguous chunks of near-equal size (order kept)."""
     n_chunks = max(1, min(n_chunks, len(items)))
     size, extra = divmod(len(items), n_chunks)
@@ -83,7 +83,7 @@ def _local(runtime: Runtime, n_items: int) -> bool:
 def _stream(fn: Callable[[T], R], items: list[T], workers: int) -> Iterator[R]:
     """Results of ``fn`` over a process pool in input order, as they come: at most ``2 * workers`` chunks
     are in flight, so results waiting to be consumed stay bounded however many items there are."""
-    chunks = chunked(items, max(workers * 8, len(items) // 64))
+    chunks = split_evenly(items, max(workers * 8, len(items) // 64))
     pending: deque = deque()
     todo = iter(chunks)
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
@@ -126,7 +126,7 @@ def fold_items(fn: Callable[[T], R], items: Sequence[T], runtime: Runtime, start
     items = list(items)
     total = start()
     if runtime.task_runner in ("prefect", "dask") and items:
-        chunks = chunked(items, num_workers(runtime) * 4)
+        chunks = split_evenly(items, num_workers(runtime) * 4)
         for part in _map_with_prefect(functools.partial(fold_chunk, fn, start), chunks, runtime, desc):
             total.merge(part)
         return total
@@ -176,5 +176,5 @@ def _map_with_prefect(fn: Callable[[T], R], items: list[T], runtime: Runtime, de
             done.append(f.result())
         return done
 
-    chunks = chunked(items, workers * 4)
+    chunks = split_evenly(items, workers * 4)
     return [r for chunk in fanout(chunks) for r in chunk]

@@ -124,5 +124,7 @@ def overlay_figure(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_na
     return buf.getvalue()
 
 
-def chunks(items: list, size: int) -> list[list]:
+def groups_of(items: list, size: int) -> list[list]:
+    """Consecutive groups of ``size`` items, the last one shorter where they do not divide (a number of near-equal
+    groups instead: :func:`pipeline.common.parallel.split_evenly`)."""
     return [items[i:i + size] for i in range(0, len(items), size)]

@@ -44,9 +44,15 @@ class FromImageNet(torch.nn.Module):
         return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
 
 
+def normalize_imagenet(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(B, 3, H, W) with values in [0, ``scale``] -> normalised with the ImageNet mean / std: the classifier's
+    input (``scale`` 255: 8-bit values as they are)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * scale
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * scale
+    return (x - mean) / std
+
+
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with the ImageNet mean / std (the classifier's input)."""
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # own, writable copy
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return normalize_imagenet(x[None])[0]

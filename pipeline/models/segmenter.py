@@ -217,16 +217,14 @@ def _load_imagenet(model: Segmenter, encoder: str) -> None:
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
-    """SGD parameter groups: encoder at ``lr``, decoder / classifier at ``lr * head_lr_mult``.
-
-    Each group stores its ``base_lr`` for the poly schedule.
-    """
+    """Parameter groups: encoder at ``lr``, decoder / classifier at ``lr * head_lr_mult`` (the schedule scales
+    each from its own rate)."""
     inner = model.module if hasattr(model, "module") else model
     encoder = {id(p) for p in inner.net.encoder.parameters()}
     enc = [p for p in inner.parameters() if id(p) in encoder and p.requires_grad]
     head = [p for p in inner.parameters() if id(p) not in encoder and p.requires_grad]
-    return [{"params": enc, "lr": lr, "base_lr": lr, "weight_decay": weight_decay},
-            {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult, "weight_decay": weight_decay}]
+    return [{"params": enc, "lr": lr, "weight_decay": weight_decay},
+            {"params": head, "lr": lr * head_lr_mult, "weight_decay": weight_decay}]
 
 
 def save_segmenter(model: nn.Module, path: str | Path, class_names: list[str] | tuple[str, ...],

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
 from pipeline.common.io import DataError, write_torch
-from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, normalize_imagenet
 from pipeline.models.weights import load_error_summary, loading_weights
 
 
@@ -112,7 +112,7 @@ class MultiClassTokenViT(nn.Module):
         _check_backbone(backbone, cfg.backbone)
         self.cfg = cfg
         self.num_classes = num_classes
-        self.patch_size = cfg.patch_size
+        self.img_size, self.patch_size = cfg.img_size, cfg.patch_size
         self.train_grid = (cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
         dim = backbone.embed_dim
         with torch.no_grad():
@@ -142,6 +142,12 @@ class MultiClassTokenViT(nn.Module):
     @property
     def depth(self) -> int:
         return len(self.backbone.blocks)
+
+    @staticmethod
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> this network's input: the ImageNet mean / std of its training images
+        (:func:`pipeline.models.inputs.image_to_tensor`)."""
+        return normalize_imagenet(x)
 
     def _patch_pos(self, h: int, w: int) -> torch.Tensor:
         if (h, w) == self.train_grid:

@@ -1,6 +1,8 @@
 """The one place that turns starting weights that cannot be used into one :class:`~pipeline.config.ConfigError`
-line naming the params key: a weights file that does not fit the configured network (:func:`loading_weights`,
-:func:`check_state_fits`, :func:`mismatch_summary`), and hub weights that cannot be downloaded (:func:`hub_error`).
+line naming the params key: a weights value that names nothing usable (:func:`check_weight_params`, run by stage
+check before any output is deleted), a weights file that does not fit the configured network
+(:func:`loading_weights`, :func:`check_state_fits`, :func:`mismatch_summary`), and hub weights that cannot be
+downloaded (:func:`hub_error`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from pipeline.config import ConfigError
+from pipeline.config import WEIGHTS_DIR, ConfigError, Params, weights_file
+from pipeline.vocabulary import (BUILT_WEIGHTS, IMAGENET_CNN, IMAGENET_CNN_BACKBONE, PRETRAINED_VIT, SMP_WEIGHTS,
+                                 TIMM_WEIGHTS, WEIGHT_KEYWORDS)
 
 # classification heads a whole-network weights file may carry beyond a backbone or encoder (EfficientNet: conv_head,
 # bn2); ``model.``: smp's tu- encoders hold the timm network as ``model``
@@ -107,3 +111,48 @@ def loading_weights(key: str, source: str | Path | None, model: str) -> Iterator
         if source is None and is_network_error(err):
             raise hub_error(key, err) from None
         raise
+
+
+# the params keys naming starting weights, and the keywords each takes
+WEIGHT_PARAMS = (("classifier.pretrained", TIMM_WEIGHTS), ("psa.pretrained", TIMM_WEIGHTS),
+                 ("seg.encoder_weights", SMP_WEIGHTS), ("calibration.pretrained", TIMM_WEIGHTS),
+                 ("pretrain.teacher", TIMM_WEIGHTS))
+
+
+def check_built_weights(params: Params, dotted: str, value: str) -> None:
+    """A weights file that a stage of the DAG writes fits only the networks it is made for."""
+    fits = {PRETRAINED_VIT: ("classifier.pretrained",), IMAGENET_CNN: ("psa.pretrained", "seg.encoder_weights",
+                                                                         "calibration.pretrained", "pretrain.teacher")}
+    if dotted not in fits[value]:
+        raise ConfigError(f"{dotted}: {value} (written by stage {BUILT_WEIGHTS[value]}) is for "
+                          f"{' / '.join(fits[value])}, not for {dotted}")
+    if dotted == "pretrain.teacher" and params.pretrain.teacher_backbone != IMAGENET_CNN_BACKBONE:
+        raise ConfigError(f"pretrain.teacher: {value} holds a whole {IMAGENET_CNN_BACKBONE}, not "
+                          f"pretrain.teacher_backbone {params.pretrain.teacher_backbone!r} (set it to "
+                          f"{IMAGENET_CNN_BACKBONE}, or name another teacher)")
+    if value == PRETRAINED_VIT and not params.pretrain.enabled:
+        raise ConfigError(f"{dotted}: {value} is written by stage pretrain, which pretrain.enabled: false skips "
+                          "(set classifier.pretrained: none, or pretrain.enabled: true)")
+
+
+def check_weight_params(params: Params) -> None:
+    """Each weights key of ``params`` (:data:`WEIGHT_PARAMS`) is one of its keywords, a file a stage of the DAG
+    writes that fits it, or a file under weights/ (DVC depends on weights/<value>); stage check runs this before
+    any stage's outputs are deleted."""
+    for dotted, keywords in WEIGHT_PARAMS:
+        section, key = dotted.split(".")
+        value = getattr(getattr(params, section), key)
+        if value in keywords:
+            continue
+        if value in BUILT_WEIGHTS:  # written by a stage of the DAG (after this one)
+            check_built_weights(params, dotted, value)
+            continue
+        if value in WEIGHT_KEYWORDS:
+            raise ConfigError(f"{dotted}: {value!r} is not a choice here (use {' or '.join(keywords)}, or a file "
+                              f"under {WEIGHTS_DIR}/)")
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ConfigError(f"{dotted}: {value!r}: give a file name under {WEIGHTS_DIR}/ (copy or symlink the "
+                              f"file there: ln -s {value} {WEIGHTS_DIR}/{path.name}), so DVC tracks its content")
+        if not weights_file(value).is_file():
+            raise ConfigError(f"{dotted}: weights file {weights_file(value)} not found")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common.progress import progress as progress_lines
+from pipeline.config import EvalCRF, load_params
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -51,15 +52,15 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def predict_files(model_path: str | Path, files: list[Path], out: str | Path, scales: list[float] = (1.0,),
-                  flip: bool = False, crf: bool = False, device: str = "auto", progress: bool = True,
+                  flip: bool = False, crf: EvalCRF | None = None, device: str = "auto", progress: bool = True,
                   max_side: int = 500) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every file; returns the error messages
-    of the images that could not be read (they are skipped). With ``progress``, the model's class names
+    of the images that could not be read (they are skipped). ``crf``: the dense CRF's kernels (the ``eval.crf``
+    section), None for none. With ``progress``, the model's class names
     (``classes: 0 background, 1 ...``) and the progress go to stderr."""
     from pipeline.common.device import resolve_device
     from pipeline.common.io import DataError, read_rgb, write_label_png, write_rgb
     from pipeline.common.palette import overlay
-    from pipeline.config import defaults
     from pipeline.evaluate.inference import cap_side, crf_refine, image_tensor, label_to_size, predict_probs, to_label
     from pipeline.models.segmenter import load_segmenter
 
@@ -67,7 +68,6 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
     model = load_segmenter(model_path, dev)
     if progress:
         print("classes: " + ", ".join(f"{k} {name}" for k, name in enumerate(model.class_names)), file=sys.stderr)
-    kernels = defaults().eval.crf if crf else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -80,8 +80,8 @@ def predict_files(model_path: str | Path, files: list[Path], out: str | Path, sc
                 continue
             small = cap_side(image, max_side)  # bounded memory: the network and the CRF at <= max_side
             probs = predict_probs(model, image_tensor(small, dev), scales, flip, amp=dev.type == "cuda")
-            if kernels is not None:
-                label = to_label(crf_refine(small, probs[0].cpu().numpy(), kernels))
+            if crf is not None:
+                label = to_label(crf_refine(small, probs[0].cpu().numpy(), crf))
             else:
                 label = to_label(probs)
             del probs
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=_scales, default=[1.0],
                         help="comma-separated inference scales, e.g. 0.5,1.0,1.5 (default: 1.0)")
     parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
-    parser.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (params.yaml's eval.crf)")
     parser.add_argument("--max-side", type=int, default=500, metavar="PX",
                         help="shrink larger images to this longest side for the network and the CRF; the label "
                              "map is scaled back to the image's size (default: 500, VOC's largest side)")
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                             "or pass --model)")
         if args.max_side < 32:
             raise ValueError(f"--max-side: {args.max_side} (must be >= 32)")
-        errors = predict_files(args.model, files, args.out, args.scales, args.flip, args.crf, args.device,
+        kernels = load_params().eval.crf if args.crf else None  # params.yaml's eval.crf, through the schema
+        errors = predict_files(args.model, files, args.out, args.scales, args.flip, kernels, args.device,
                                max_side=args.max_side)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

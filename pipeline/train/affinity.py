@@ -17,7 +17,7 @@ dropped, since BatchNorm cannot train on one crop's 1x1 deepest features.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,26 +25,11 @@ import torch
 from pipeline.common.device import seed_everything
 from pipeline.common.progress import progress as progress_bar
 from pipeline.config import PSA
-from pipeline.models.affinitynet import (
-    AffinityNet,
-    pair_affinities,
-    pair_affinity_loss,
-    pair_border,
-    pair_labels,
-    radius_offsets,
-)
+from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_border, pair_labels,
+                                         radius_offsets)
 from pipeline.postprocess.psa import downsample_labels, random_crop
-from pipeline.train.harness import (
-    Distributed,
-    all_reduce_sum,
-    amp,
-    backward_step,
-    batches,
-    epoch_order,
-    restore_training_state,
-    training_state,
-    wrap,
-)
+from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
+                                    make_scheduler, restore_training_state, training_state, wrap)
 
 SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
 
@@ -75,7 +60,7 @@ def affinity_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offset
 
 def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: PSA, device: torch.device,
                       *, seed: int, dist: Distributed = Distributed(), resume: dict | None = None,
-                      on_epoch: Callable[[int, dict, dict], None] | None = None,
+                      on_epoch: OnEpoch | None = None,
                       progress: bool = True) -> tuple[AffinityNet, list[dict]]:
     """Train on images (H, W, 3) uint8 and confident labels (H, W) uint8 (255 = unsure): any sequences, e.g.
     :class:`pipeline.common.io.FileSequence`, which reads each one when a batch needs it.
@@ -95,7 +80,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
         raise ValueError("no training batches: the training set is empty")
     total = steps * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** 0.9)
+    sched = make_scheduler(opt, total)  # poly, power 0.9
     autocast, scaler = amp(device, cfg.amp, torch.float16)  # PSA's recipe: fp16 with a gradient scaler
     start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])
     for epoch in range(start, cfg.epochs):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,41 +46,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pipeline.cams.aream import (
-    affinity_labels,
-    affinity_loss,
-    layer_entropy,
-    normalize_cams,
-    reactivated_affinity,
-    reactivation_weights,
-    refine_cams,
-)
+from pipeline.cams.aream import (affinity_labels, affinity_loss, layer_entropy, normalize_cams, reactivated_affinity,
+                                 reactivation_weights, refine_cams)
 from pipeline.config import PAR, AReAM, Classifier, TrainCls
-from pipeline.data.classification import (  # noqa: F401
-    ClassificationDataset,
-    average_precision,
-    color_jitter,
-    mean_average_precision,
-    random_resized_crop_box,
-)
+from pipeline.common.progress import progress as progress_bar
+from pipeline.data.classification import ClassificationDataset, mean_average_precision
 from pipeline.models.vit import ClassifierOutput, build_classifier
 from pipeline.postprocess.labels import pseudo_labels
 from pipeline.postprocess.par import par_refine
-from pipeline.train.harness import (
-    Distributed,
-    amp,
-    backward_step,
-    barrier,
-    epoch_order,
-    lr_factor,
-    restore_training_state,
-    rng_states,
-    set_rng_states,
-    training_state,
-    unwrap,
-    weight_decay_groups,
-    wrap,
-)
+from pipeline.train.harness import (Distributed, OnEpoch, amp, backward_step, barrier, epoch_order, make_scheduler,
+                                    restore_training_state, rng_states, set_rng_states, training_state, unwrap,
+                                    weight_decay_groups, wrap)
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -120,7 +96,7 @@ def present_channels(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Tensor, a: AReAM, par: PAR,
+def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Tensor, aream_cfg: AReAM, par: PAR,
                   fixed: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Steps 2-3 of the module docstring with the ``aream`` and ``par`` params sections. Returns
     (aff_labels (B, N, N) uint8, w (B, L), w_hat (B, L), token labels (B, h, w))."""
@@ -130,18 +106,19 @@ def aream_targets(out: ClassifierOutput, images: torch.Tensor, targets: torch.Te
     if fixed is None:
         w, w_hat = reactivation_weights(layer_entropy(cams, attn))
     else:
-        w, w_hat = (t.to(attn.device).expand(attn.shape[0], -1) for t in fixed)
-    k_ref = min(a.refine_layers, n_layers) if a.refine_layers else n_layers
+        w, w_hat = (f.to(attn.device).expand(attn.shape[0], -1) for f in fixed)
+    k_ref = min(aream_cfg.refine_layers, n_layers) if aream_cfg.refine_layers else n_layers
     m_hat = refine_cams(cams, reactivated_affinity(attn[:, :k_ref], w[:, :k_ref]))
     m_hat = normalize_cams(m_hat.clamp_min(0)) * targets[:, :, None, None]
-    size = (max(1, round(images.shape[-2] * a.par_scale)), max(1, round(images.shape[-1] * a.par_scale)))
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * aream_cfg.par_scale)), max(1, round(width * aream_cfg.par_scale)))
     scores = F.interpolate(present_channels(m_hat, targets), size=size, mode="bilinear", align_corners=False)
     small = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     scores = par_refine(small, scores, par)
     if scores.shape[1] == 0:
         labels = torch.zeros(scores.shape[0], *size, dtype=torch.int64, device=scores.device)
     else:
-        labels = pseudo_labels(scores, a.alpha1, a.alpha2)  # Eq. 16: 0, 1..K, 255
+        labels = pseudo_labels(scores, aream_cfg.alpha1, aream_cfg.alpha2)  # Eq. 16: 0, 1..K, 255
     token_labels = labels_to_grid(labels, out.grid)
     return affinity_labels(token_labels), w, w_hat, token_labels
 
@@ -154,7 +131,7 @@ class StepLosses:
     w_hat: torch.Tensor | None  # (B, L) counterpart weights of the step's images
 
 
-def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, a: AReAM, par: PAR, aream_on: bool,
+def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, aream_cfg: AReAM, par: PAR, aream_on: bool,
                 autocast=contextlib.nullcontext, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepLosses:
     """The forward pass and losses of one training step (the loss the classifier's loop and its benchmark
     differentiate): L_cls, and with AReAM on the affinity labels, Eq. 18 on the last ``loss_layers`` layers
@@ -164,10 +141,10 @@ def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, a: 
     loss_cls = classification_loss(out, targets)
     if not aream_on:
         return StepLosses(loss_cls, loss_cls, None, None)
-    aff, _, w_hat, _ = aream_targets(out, images, targets, a, par, fixed)
-    k_loss = min(a.loss_layers, w_hat.shape[1]) if a.loss_layers else w_hat.shape[1]
+    aff, _, w_hat, _ = aream_targets(out, images, targets, aream_cfg, par, fixed)
+    k_loss = min(aream_cfg.loss_layers, w_hat.shape[1]) if aream_cfg.loss_layers else w_hat.shape[1]
     loss_aff = affinity_loss(out.attn_logits[:, -k_loss:], aff, w_hat[:, -k_loss:])
-    return StepLosses(loss_cls + a.lam * loss_aff, loss_cls, loss_aff, w_hat)
+    return StepLosses(loss_cls + aream_cfg.lam * loss_aff, loss_cls, loss_aff, w_hat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,19 +152,20 @@ def step_losses(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, a: 
 # ---------------------------------------------------------------------------------------------
 
 
-def build_optimizer(model: nn.Module, t: TrainCls) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9) as ``t`` (the ``train_cls`` section) says; no weight decay on biases,
+def build_optimizer(model: nn.Module, recipe: TrainCls) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9) as ``recipe`` (the ``train_cls`` section) says; no weight decay on biases,
     norms, tokens and position embeddings."""
-    groups = weight_decay_groups(model, t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
+    groups = weight_decay_groups(model, recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainCls, steps_per_epoch: int):
-    """Per-step LambdaLR of :func:`lr_factor` for the ``train_cls`` section ``t``."""
-    total, warm = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, t.schedule))
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainCls, steps_per_epoch: int):
+    """The harness's schedule (:func:`pipeline.train.harness.make_scheduler`) for the ``train_cls`` section
+    ``recipe``."""
+    total, warm = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
+    return make_scheduler(optimizer, total, warm, recipe.schedule)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,17 +223,6 @@ def dataset_weights(model: nn.Module, loader: DataLoader, device: torch.device, 
 
 
 @dataclass
-class Callbacks:
-    """What the caller does after each epoch: ``checkpoint(state dict)`` and ``log(epoch, metrics)``
-    (main process only; the state holds live tensors: serialise it before returning);
-    ``progress(iterable, desc, total)`` wraps the step loop (:func:`pipeline.common.progress.progress`)."""
-
-    checkpoint: Callable[[dict], None] = lambda state: None
-    log: Callable[[int, dict], None] = lambda epoch, metrics: None
-    progress: Callable[..., Any] = lambda it, desc="", total=None: it
-
-
-@dataclass
 class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
@@ -263,32 +230,34 @@ class TrainResult:
     finished: bool = False
 
 
-def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, train_samples: Sequence[Any],
+def train_classifier(model_cfg: Classifier, recipe: TrainCls, aream_cfg: AReAM, par: PAR, train_samples: Sequence[Any],
                      val_samples: Sequence[Any], num_classes: int, device: torch.device, *, resume: dict | None = None,
-                     seed: int, callbacks: Callbacks | None = None, stop_after: int | None = None,
-                     loader_workers: int = 0, dist: Distributed | None = None) -> TrainResult:
-    """Train the classifier ``model_cfg`` with the recipe ``t``, AReAM ``a`` and its PAR kernel ``par`` (the
-    ``classifier``, ``train_cls``, ``aream`` and ``par`` params sections), or continue from the checkpoint
-    dict ``resume``, for ``t.epochs`` epochs. ``seed`` (params.yaml's ``seed``) fixes the new layers' initial
+                     seed: int, on_epoch: OnEpoch | None = None, stop_after: int | None = None,
+                     loader_workers: int = 0, dist: Distributed | None = None, progress: bool = True) -> TrainResult:
+    """Train the classifier ``model_cfg`` with the recipe ``recipe``, AReAM ``aream_cfg`` and its PAR kernel ``par``
+    (the ``classifier``, ``train_cls``, ``aream`` and ``par`` params sections), or continue from the checkpoint
+    dict ``resume``, for ``recipe.epochs`` epochs. ``seed`` (params.yaml's ``seed``) fixes the new layers' initial
     weights, the sample order and every augmentation.
 
-    ``stop_after``: return after this many epochs of this call (the run is then not finished; resuming
-    from its last checkpoint continues it). Returns the (unwrapped) model and the per-epoch history.
+    ``on_epoch(epoch, metrics, state)`` runs after every epoch on every process (the harness's protocol;
+    the state also carries the global RNG states and AReAM's fixed weights). ``stop_after``: return after this
+    many epochs of this call (the run is then not finished; resuming from its last checkpoint continues it).
+    Returns the (unwrapped) model and the per-epoch history.
     """
-    cb = callbacks or Callbacks()
     dist = dist or Distributed()
     if not resume:
         from pipeline.common.device import seed_everything
 
         seed_everything(seed)
     model = build_classifier(model_cfg, num_classes).to(device)
-    optimizer = build_optimizer(model, t)
-    per_rank_batch = max(1, t.batch_size // dist.world_size)
+    optimizer = build_optimizer(model, recipe)
+    per_rank_batch = max(1, recipe.batch_size // dist.world_size)
     train_set = ClassificationDataset(train_samples, num_classes, model_cfg.img_size, train=True,
-                                      crop_scale=t.crop_scale, hflip=t.hflip, jitter=t.color_jitter, seed=seed)
+                                      crop_scale=recipe.crop_scale, hflip=recipe.hflip, jitter=recipe.color_jitter,
+                                      seed=seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist.world_size) / per_rank_batch)
-    scheduler = build_scheduler(optimizer, t, steps_per_epoch)
-    autocast, scaler = amp(device, t.amp)
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
+    autocast, scaler = amp(device, recipe.amp)
     fixed, history, start = None, [], 0
     if resume:
         start, history = restore_training_state(resume, model, optimizer, scheduler, scaler)
@@ -300,12 +269,12 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
                             batch_size=per_rank_batch, shuffle=False, num_workers=loader_workers, pin_memory=pin)
     plain_train = ClassificationDataset(train_samples, num_classes, model_cfg.img_size, train=False)
 
-    result = TrainResult(model=model, history=history, epochs_run=0, finished=start >= t.epochs)
-    for epoch in range(start, t.epochs):
+    result = TrainResult(model=model, history=history, epochs_run=0, finished=start >= recipe.epochs)
+    for epoch in range(start, recipe.epochs):
         if stop_after is not None and result.epochs_run >= stop_after:
             return result
-        aream_on = a.enabled and epoch >= a.start_epoch
-        if aream_on and a.weights == "dataset" and fixed is None:
+        aream_on = aream_cfg.enabled and epoch >= aream_cfg.start_epoch
+        if aream_on and aream_cfg.weights == "dataset" and fixed is None:
             loader = DataLoader(plain_train, batch_size=per_rank_batch, num_workers=loader_workers, pin_memory=pin)
             fixed = dataset_weights(net, loader, device, autocast)
         train_set.set_epoch(epoch)
@@ -316,10 +285,11 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
         sums = {"loss_cls": 0.0, "loss_aff": 0.0}
         w_hat_sum, n_aff, n_steps, n_images = None, 0, 0, 0
         started = time.perf_counter()
-        for images, targets in cb.progress(loader, desc=f"epoch {epoch + 1}/{t.epochs}", total=len(loader)):
+        for images, targets in progress_bar(loader, f"epoch {epoch + 1}/{recipe.epochs}", len(loader),
+                                            progress and dist.is_main):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            step = step_losses(net, images, targets, a, par, aream_on, autocast, fixed)
+            step = step_losses(net, images, targets, aream_cfg, par, aream_on, autocast, fixed)
             if step.aff is not None:
                 sums["loss_aff"] += float(step.aff.detach())
                 w_hat_sum = step.w_hat.sum(0) if w_hat_sum is None else w_hat_sum + step.w_hat.sum(0)
@@ -340,10 +310,9 @@ def train_classifier(model_cfg: Classifier, t: TrainCls, a: AReAM, par: PAR, tra
             metrics.update(evaluate_map(net, val_loader, device, autocast))
         history.append(metrics)
         result.epochs_run += 1
-        if dist.is_main:
-            cb.checkpoint({**training_state(epoch + 1, model, optimizer, scheduler, scaler, history),
-                           "rng": rng_states(), "fixed_weights": fixed})
-            cb.log(epoch + 1, metrics)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics, training_state(epoch + 1, model, optimizer, scheduler, scaler, history,
+                                                        rng=rng_states(), fixed_weights=fixed))
         barrier(dist)
     result.finished = True
     return result

@@ -10,6 +10,10 @@ A trainer brings a model, a loss step and its data; this module brings the rest:
   uneven split hangs DDP at the last step of the longer process);
 - :func:`amp`: the autocast context and gradient scaler for mixed precision (CUDA only);
 - :func:`rng_states` / :func:`set_rng_states`: the global generators a checkpoint carries;
+- :func:`lr_factor` / :func:`make_scheduler`: the one learning-rate schedule (warm-up, then cosine, poly or
+  constant), stepped per optimizer step;
+- :func:`training_state` / :func:`restore_training_state`: the one checkpoint state; :data:`OnEpoch` /
+  :func:`epoch_hook`: the one per-epoch callback, called by every trainer on every process;
 - :class:`Checkpoint`: the resume protocol. A checkpoint is saved after every epoch under a tag (see
   ``stages/_resume.py``: params, code, data and starting weights), loaded only under the same tag, and
   deleted once the run finished, so ``dvc repro -f`` retrains and a killed run continues bit-identically;
@@ -136,7 +140,10 @@ def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size
     return perm[rank::world_size]
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9) -> float:
+POLY_POWER = 0.9  # the poly schedule's exponent (DeepLab, PSA) where a section has no key for it
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = POLY_POWER) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up to 1 over
     ``warmup_steps``, then cosine / poly (``power``) decay to 0 at ``total_steps``, or constant."""
     if step < warmup_steps:
@@ -147,6 +154,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, pow
     if schedule == "poly":
         return (1.0 - t) ** power
     return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, schedule: str = "poly",
+                   power: float = POLY_POWER) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of every trainer: each parameter group's initial lr times :func:`lr_factor`,
+    stepped once after every optimizer step (its state goes into :func:`training_state`)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule, power))
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -261,13 +276,17 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
+OnEpoch = Callable[[int, dict, dict], None]  # on_epoch(epoch (1-based), metrics, training_state(...))
+
+
 def training_state(epoch: int, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                   history: list[dict]) -> dict:
-    """What a resume needs after ``epoch`` epochs: the weights, optimizer, schedule and scaler states and the
-    per-epoch metrics so far (the order and the augmentations are functions of seed, epoch and index)."""
+                   history: list[dict], **extra: Any) -> dict:
+    """The one checkpoint state of every trainer, what a resume needs after ``epoch`` epochs: the weights,
+    optimizer, schedule and scaler states, the per-epoch metrics so far and a trainer's ``extra`` entries (the
+    order and the augmentations are functions of seed, epoch and index)."""
     return {"epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "history": list(history)}
+            "history": list(history), **extra}
 
 
 def restore_training_state(state: dict, model: nn.Module, optimizer: Any, scheduler: Any,
@@ -282,9 +301,9 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: Any, schedu
 
 
 def epoch_hook(checkpoint: Checkpoint, curves: Curves | None, dist: Distributed,
-               describe: Callable[[int, dict], str]) -> Callable[[int, dict, dict], None]:
-    """A stage's ``on_epoch(epoch, metrics, state)``: on the main process save the resume state, log the
-    curves and print ``describe(epoch, metrics)``."""
+               describe: Callable[[int, dict], str]) -> OnEpoch:
+    """A stage's ``on_epoch(epoch, metrics, state)``, which every trainer calls on every process after every
+    epoch: on the main process save the resume state, log the curves and print ``describe(epoch, metrics)``."""
     def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
         if dist.is_main:
             checkpoint.save(state)

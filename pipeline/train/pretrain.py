@@ -18,7 +18,6 @@ index])``; the loop runs on the shared harness (DDP, mixed precision, resumable 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,22 +27,11 @@ from torch import nn
 from pipeline.common.device import seed_everything
 from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Classifier, Pretrain
-from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models.inputs import normalize_imagenet
 from pipeline.train.distill import DistilledViT, Teacher, feature_distillation, logit_distillation
-from pipeline.train.harness import (
-    Distributed,
-    all_reduce_sum,
-    amp,
-    backward_step,
-    batches,
-    epoch_order,
-    lr_factor,
-    restore_training_state,
-    training_state,
-    unwrap,
-    weight_decay_groups,
-    wrap,
-)
+from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
+                                    make_scheduler, restore_training_state, training_state, unwrap,
+                                    weight_decay_groups, wrap)
 
 
 def build_vit(model_cfg: Classifier, cfg: Pretrain, num_classes: int) -> nn.Module:
@@ -114,14 +102,7 @@ def augment_batch(images: np.ndarray, idx: list[int], size: int, crop_scale: tup
         if rng.random() < 0.5:
             crop = crop.flip(-1)
         out.append(crop)
-    return normalize(torch.stack(out))
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in 0..255 -> ImageNet-normalised, as the classifier's input."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-    return (x - mean) / std
+    return normalize_imagenet(torch.stack(out), 255.0)
 
 
 @torch.no_grad()
@@ -131,7 +112,8 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: t
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float()).to(device)
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float()
+        x = normalize_imagenet(x, 255.0).to(device)
         with autocast():
             out = model(x)
         pred = (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
@@ -142,7 +124,7 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: t
 def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, np.ndarray],
                  val: tuple[np.ndarray, np.ndarray], num_classes: int, device: torch.device, *,
                  dist: Distributed = Distributed(), resume: dict | None = None,
-                 on_epoch: Callable[[int, dict, dict], None] | None = None,
+                 on_epoch: OnEpoch | None = None,
                  progress: bool = True, teacher: Teacher | None = None) -> tuple[nn.Module, list[dict]]:
     """Train on ``train`` = (images (N, S, S, 3) uint8, labels (N,)) for ``cfg.epochs`` epochs; ``val`` gives
     the per-epoch top-1 accuracy (main process). ``resume`` / ``on_epoch(epoch, metrics, state)`` as in
@@ -159,7 +141,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
     steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
     total, warm = steps * cfg.epochs, steps * cfg.warmup_epochs
     opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, "cosine"))
+    sched = make_scheduler(opt, total, warm, "cosine")
     autocast, scaler = amp(device, cfg.amp)
     start, history = restore_training_state(resume, model, opt, sched, scaler) if resume else (0, [])
     targets = torch.from_numpy(labels)

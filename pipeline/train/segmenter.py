@@ -4,12 +4,12 @@ The recipe (all knobs in the ``seg`` params section):
 
 - augmentation per image: random rescale by a factor in ``scale_range`` (bilinear image, nearest
   labels), random horizontal flip, random ``crop_size`` square crop; where the image is smaller
-  than the crop it is padded with the ImageNet mean colour and its labels with 255 (ignored);
+  than the crop it is padded with the encoder's mean colour and its labels with 255 (ignored);
 - loss: per-pixel cross-entropy, pixels labelled 255 ignored (a batch with no labelled pixel has
   loss 0 and zero gradient, never NaN);
 - SGD with momentum (the DeepLab recipe) or AdamW (``optimizer``; learns faster from random
   initialisation, the toy default), weight decay; poly learning rate
-  ``lr * (1 - i / max_i) ** poly_power`` per iteration; the decoder / classifier runs at
+  ``lr * (1 - i / max_i) ** poly_power`` per iteration (the harness's schedule); the decoder / classifier runs at
   ``lr * head_lr_mult``;
 - mixed precision on CUDA; DDP when the caller wrapped the model (the harness, :mod:`pipeline.train.harness`,
   also gives the padded per-process image order and the batches, a trailing single image dropped).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,8 @@ from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Seg
 from pipeline.data.manifest import Sample, validate_mask
 from pipeline.models.segmenter import encoder_normalisation, param_groups
-from pipeline.train.harness import Distributed, all_reduce_sum, amp, backward_step, batches, epoch_order, unwrap
+from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
+                                    make_scheduler, restore_training_state, training_state)
 from pipeline.vocabulary import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------
@@ -174,18 +174,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
     return per_pixel.sum() / count.clamp(min=1)
 
 
-def poly_lr(base_lr: float, it: int, max_it: int, power: float) -> float:
-    """``base_lr * (1 - it / max_it) ** power`` (0 at and after ``max_it``)."""
-    return base_lr * max(0.0, 1.0 - it / max_it) ** power
-
-
-def set_lr(optimizer: torch.optim.Optimizer, it: int, max_it: int, power: float) -> float:
-    """Apply the poly schedule to every group (from its ``base_lr``); returns the first group's lr."""
-    for group in optimizer.param_groups:
-        group["lr"] = poly_lr(group["base_lr"], it, max_it, power)
-    return optimizer.param_groups[0]["lr"]
-
-
 def make_optimizer(model: nn.Module, cfg: Seg) -> torch.optim.Optimizer:
     """SGD with momentum (the DeepLab recipe) or AdamW, over :func:`param_groups`."""
     groups = param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay)
@@ -199,33 +187,21 @@ def make_optimizer(model: nn.Module, cfg: Seg) -> torch.optim.Optimizer:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint holds: the next epoch to run and every stateful object."""
-
-    epoch: int
-    model: dict
-    optimizer: dict
-    scaler: dict
-    history: list
-
-
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
 def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: torch.device, *,
-                    dist: Distributed = Distributed(), loader_workers: int = 0, resume: TrainState | None = None,
-                    on_epoch: Callable[[int, dict, TrainState], None] | None = None,
-                    progress: bool = True) -> list[dict]:
+                    dist: Distributed = Distributed(), loader_workers: int = 0, resume: dict | None = None,
+                    on_epoch: OnEpoch | None = None, progress: bool = True) -> list[dict]:
     """Train ``model`` (already on ``device``; wrapped by :func:`pipeline.train.harness.wrap` under DDP) for
     ``cfg.epochs``, with the sample order and dropout seeded by ``dataset.seed`` (augmentation uses it too).
 
-    ``resume``: a :class:`TrainState` from an earlier ``on_epoch`` call; training continues at its
-    epoch. ``on_epoch(epoch, metrics, state)`` runs after every epoch (1-based ``epoch``) on every
-    process; the caller writes checkpoints / logs on the main one. Returns the per-epoch metrics
-    ({"epoch", "loss", "pixel_acc", "lr", "images_per_s"}): loss and pixel accuracy over the images of every
-    process, images_per_s their total rate.
+    ``resume``: the state of an earlier ``on_epoch`` call (:func:`pipeline.train.harness.training_state`);
+    training continues at its epoch. ``on_epoch(epoch, metrics, state)`` runs after every epoch (1-based
+    ``epoch``) on every process; the caller writes checkpoints / logs on the main one. Returns the per-epoch
+    metrics ({"epoch", "loss", "pixel_acc", "lr", "images_per_second"}): loss and pixel accuracy over the
+    images of every process, images_per_second their total rate, lr that of the epoch's last step.
     """
     per_rank = max(2, cfg.batch_size // dist.world_size)
     optimizer = make_optimizer(model, cfg)
@@ -234,14 +210,8 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
     steps = len(batches(order0, per_rank, drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
-    max_it = steps * cfg.epochs
-    start, history = 0, []
-    if resume is not None:
-        unwrap(model).load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        if scaler is not None and resume.scaler:
-            scaler.load_state_dict(resume.scaler)
-        start, history = resume.epoch, list(resume.history)
+    scheduler = make_scheduler(optimizer, steps * cfg.epochs, 0, "poly", cfg.poly_power)
+    start, history = restore_training_state(resume, model, optimizer, scheduler, scaler) if resume else (0, [])
     for epoch in range(start, cfg.epochs):
         model.train()
         dataset.set_epoch(epoch)
@@ -254,13 +224,14 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
         t0 = time.perf_counter()
         steps_done = progress_bar(loader, f"seg epoch {epoch + 1}/{cfg.epochs}", len(loader),
                                   progress and dist.is_main)
-        for step, (x, y) in enumerate(steps_done):
-            set_lr(optimizer, epoch * steps + step, max_it, cfg.poly_power)
+        for x, y in steps_done:
+            lr = optimizer.param_groups[0]["lr"]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
                 logits = model(x)
             loss = segmentation_loss(logits, y)
             backward_step(loss, optimizer, scaler)
+            scheduler.step()
             with torch.no_grad():
                 valid = y != IGNORE_INDEX
                 sums += torch.tensor([loss.item() * len(x), float(((logits.argmax(1) == y) & valid).sum()),
@@ -268,11 +239,9 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
         elapsed = time.perf_counter() - t0
         sums = all_reduce_sum(sums, dist, device)
         metrics = {"epoch": epoch + 1, "loss": float(sums[0] / max(sums[3], 1)),
-                   "pixel_acc": float(sums[1] / max(sums[2], 1)), "lr": float(optimizer.param_groups[0]["lr"]),
-                   "images_per_s": float(sums[3] / max(elapsed, 1e-9))}
+                   "pixel_acc": float(sums[1] / max(sums[2], 1)), "lr": float(lr),
+                   "images_per_second": float(sums[3] / max(elapsed, 1e-9))}
         history.append(metrics)
         if on_epoch is not None:
-            state = TrainState(epoch + 1, unwrap(model).state_dict(), optimizer.state_dict(),
-                               scaler.state_dict() if scaler is not None else None, list(history))
-            on_epoch(epoch + 1, metrics, state)
+            on_epoch(epoch + 1, metrics, training_state(epoch + 1, model, optimizer, scheduler, scaler, history))
     return history

@@ -11,20 +11,11 @@ from PIL import Image
 from pipeline.cams.aream import affinity_loss
 from pipeline.config import load_params
 from pipeline.models.vit import ClassifierOutput, build_classifier, load_classifier
-from pipeline.train.classifier import (
-    ClassificationDataset,
-    aream_targets,
-    average_precision,
-    build_optimizer,
-    classification_loss,
-    epoch_order,
-    labels_to_grid,
-    mean_average_precision,
-    present_channels,
-    random_resized_crop_box,
-    train_classifier,
-)
-from pipeline.train.harness import Checkpoint, lr_factor
+from pipeline.data.classification import (ClassificationDataset, average_precision, mean_average_precision,
+                                          random_resized_crop_box)
+from pipeline.train.classifier import (aream_targets, build_optimizer, classification_loss, labels_to_grid,
+                                       present_channels, train_classifier)
+from pipeline.train.harness import Checkpoint, epoch_order, lr_factor
 
 COLOURS = [(230, 30, 30), (20, 60, 240), (250, 230, 20)]
 TINY = {

@@ -5,21 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.analysis.calibration import (
-    VOC_PUBLISHED,
-    VOC_SAMPLES,
-    CamNet,
-    DataStats,
-    calibration_markdown,
-    cnn_cams,
-    freeze_early_layers,
-    freeze_norms,
-    grid_labels,
-    input_shape,
-    mask_statistics,
-    threshold_miou,
-    train_cam_net,
-)
+from pipeline.analysis.calibration import (VOC_PUBLISHED, VOC_SAMPLES, CamNet, DataStats, calibration_markdown,
+                                           cnn_cams, freeze_early_layers, freeze_norms, grid_labels, input_shape,
+                                           mask_statistics, threshold_miou, train_cam_net)
 from pipeline.config import ROOT
 from pipeline.metrics import confusion_matrix, miou
 

@@ -7,15 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_cams import FakeViT, _dataset
 
-from pipeline.analysis.measures import (
-    attended_keys,
-    first_k_refinements,
-    hellinger_distance,
-    tile_grid,
-    upsample_scores,
-)
+from fakes import FakeViT, cam_dataset
+from pipeline.analysis.measures import (attended_keys, first_k_refinements, hellinger_distance, tile_grid,
+                                        upsample_scores)
 from pipeline.cams.aream import first_k_affinity, refine_cams, refine_per_layer
 from pipeline.cams.infer import refine_variants
 
@@ -139,17 +134,10 @@ def test_segment_attention_hand_case():
 
 
 def test_analysis_stage_outputs(tmp_path):
-    from pipeline.analysis.layers import (
-        analyze,
-        draw_figures,
-        layer_rows,
-        layers_csv,
-        layers_markdown,
-        select_samples,
-        summary_metrics,
-    )
+    from pipeline.analysis.layers import (analyze, draw_figures, layer_rows, layers_csv, layers_markdown,
+                                          select_samples, summary_metrics)
 
-    samples = select_samples(_dataset(tmp_path, 6), 4)
+    samples = select_samples(cam_dataset(tmp_path, 6), 4)
     assert [s.id for s in samples] == ["img1", "img2", "img4", "img5"]  # img0 has no mask; evenly spaced
     model = FakeViT(depth=4)
     acc = analyze(model, samples, depth=4, num_classes=3, sweep=[0.0, 0.8, 0.05], img_size=32, patch_size=8,
@@ -193,7 +181,7 @@ def test_both_stages_run_with_a_real_classifier(tmp_path, monkeypatch):
     from pipeline.models.vit import build_classifier, save_classifier
 
     monkeypatch.chdir(tmp_path)
-    samples = _dataset(tmp_path, 6)
+    samples = cam_dataset(tmp_path, 6)
     splits = {"train": tuple(samples[:4]), "val": tuple(samples[4:])}
     write_json("data/prepared/manifest.json", Manifest("toy", ("background", "a", "b", "c"), splits).to_dict())
     params = load_params(profile="scratch",

@@ -3,14 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.data.corpus import (
-    BODIES,
-    FREE_MARKS,
-    MAX_CORPUS_CLASSES,
-    corpus_classes,
-    render_chunk,
-    render_corpus_image,
-)
+from pipeline.data.corpus import (BODIES, FREE_MARKS, MAX_CORPUS_CLASSES, corpus_classes, render_chunk,
+                                  render_corpus_image)
 from pipeline.data.toyvoc import MAX_CLASSES, TOY_CLASS_NAMES
 
 

@@ -5,20 +5,9 @@ import math
 import pytest
 import torch
 
-from pipeline.cams.aream import (
-    affinity_labels,
-    affinity_loss,
-    affinity_loss_per_layer,
-    average_affinity,
-    first_k_affinity,
-    layer_entropy,
-    normalize_cams,
-    reactivated_affinity,
-    reactivated_cams,
-    reactivation_weights,
-    refine_cams,
-    refine_per_layer,
-)
+from pipeline.cams.aream import (affinity_labels, affinity_loss, affinity_loss_per_layer, average_affinity,
+                                 first_k_affinity, layer_entropy, normalize_cams, reactivated_affinity,
+                                 reactivated_cams, reactivation_weights, refine_cams, refine_per_layer)
 
 EYE2 = torch.eye(2)
 HALF2 = torch.full((2, 2), 0.5)

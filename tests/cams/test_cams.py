@@ -3,89 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pipeline.cams.aream import (
-    average_affinity,
-    first_k_affinity,
-    layer_entropy,
-    reactivated_affinity,
-    reactivation_weights,
-    refine_cams,
-)
-from pipeline.cams.infer import (
-    gather_classes,
-    infer_cams,
-    input_side,
-    load_cam_scores,
-    normalize_maps,
-    normalize_max,
-    output_size,
-    pack_cams,
-    refine_variants,
-    resize_images,
-    variant_affinities,
-)
-from pipeline.common.io import read_npz, write_label_png, write_rgb
+from pipeline.cams.aream import (average_affinity, first_k_affinity, layer_entropy, reactivated_affinity,
+                                 reactivation_weights, refine_cams)
+from pipeline.cams.infer import (gather_classes, infer_cams, input_side, load_cam_scores, normalize_maps, normalize_max,
+                                 output_size, pack_cams, refine_variants, resize_images, variant_affinities)
+from pipeline.common.io import read_npz
 from pipeline.config import defaults
-from pipeline.data.manifest import Sample
 from pipeline.metrics import ThresholdSweep
+from fakes import FakeViT, cam_dataset, image
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 torch.set_num_threads(1)
-
-
-@dataclass
-class FakeOutput:
-    logits_cls: torch.Tensor
-    logits_patch: torch.Tensor
-    cam: torch.Tensor
-    patch_cam: torch.Tensor
-    attn: torch.Tensor
-    attn_logits: torch.Tensor
-    grid: tuple[int, int]
-
-
-class FakeViT(torch.nn.Module):
-    """Duck-typed stand-in for the classifier: per-token colour features, so it is flip-equivariant.
-
-    cam: ReLU of a fixed linear map of each patch's mean colour; attn: layer l is a softmax over
-    keys of -|colour_i - colour_j|^2 / t_l, sharp (diagonal) in shallow layers, flat in deep ones.
-    """
-
-    def __init__(self, num_classes: int = 3, depth: int = 4, patch_size: int = 8, img_size: int = 32, seed: int = 0,
-                 weight: torch.Tensor | None = None):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("w", torch.randn(num_classes, 3, generator=g) if weight is None else weight)
-        self.register_buffer("temps", torch.logspace(-2, 0.5, depth))
-        self.img_size, self.patch_size, self.depth = img_size, patch_size, depth
-
-    def forward(self, x: torch.Tensor) -> FakeOutput:
-        feat = F.avg_pool2d(x, self.patch_size)  # (B, 3, g, g)
-        B, _, gh, gw = feat.shape
-        logits = torch.einsum("cd,bdhw->bchw", self.w, feat - 0.5)
-        tokens = feat.flatten(2).transpose(1, 2)  # (B, N, 3)
-        d2 = torch.cdist(tokens, tokens) ** 2
-        attn_logits = torch.stack([-d2 / t for t in self.temps], 1)
-        return FakeOutput(logits.mean((2, 3)), logits.amax((2, 3)), logits.relu(), logits,
-                          attn_logits.softmax(-1), attn_logits, (gh, gw))
-
-
-def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """An asymmetric image: a bright block on the left third, noise elsewhere."""
-    rng = np.random.default_rng(seed)
-    img = (rng.random((h, w, 3)) * 120).astype(np.uint8)
-    img[h // 4: 3 * h // 4, : w // 3] = (250, 30, 30)
-    img[: h // 3, w // 2:] = (20, 220, 40)
-    return img
 
 
 def _toy_inputs(B=2, C=3, g=3, L=4, seed=0):
@@ -109,7 +43,7 @@ def test_input_side_and_output_size():
 
 
 def test_resize_images_batches_any_sizes():
-    x = resize_images([_image(40, 60), _image(33, 17)], 32)
+    x = resize_images([image(40, 60), image(33, 17)], 32)
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() <= 1
     # a constant image stays constant
@@ -180,7 +114,7 @@ def _infer(model, images, labels, **kw):
 
 def test_flip_equivariant_model_gives_the_same_cams_with_and_without_flip():
     model = FakeViT()
-    images = [_image(40, 56, 0), _image(48, 36, 1)]
+    images = [image(40, 56, 0), image(48, 36, 1)]
     labels = [(1, 2, 3), (2,)]
     plain = _infer(model, images, labels, scales=[1.0, 0.75])
     flipped = _infer(model, images, labels, scales=[1.0, 0.75], flip=True)
@@ -193,7 +127,7 @@ def test_flip_equivariant_model_gives_the_same_cams_with_and_without_flip():
 
 def test_infer_cams_keeps_gt_classes_sizes_and_normalisation():
     model = FakeViT()
-    res = _infer(model, [_image(41, 57), _image(30, 30)], [(1, 3), ()], scales=[1.0, 1.25], flip=True)
+    res = _infer(model, [image(41, 57), image(30, 30)], [(1, 3), ()], scales=[1.0, 1.25], flip=True)
     a, b = res
     assert list(a["keys"]) == [1, 3] and a["size"] == (41, 57)
     for v in ("cam", "avg", "aream", "first_k"):
@@ -223,7 +157,7 @@ def test_merge_order_normalise_each_forward_then_relu_sum_normalise():
             out.cam = out.cam * (3.0 if x.shape[-1] == 32 else 1.0)
             return out
 
-    images, labels = [_image(32, 32)], [(1, 2)]
+    images, labels = [image(32, 32)], [(1, 2)]
     both = _infer(Scaled(), images, labels, scales=[1.0, 0.5])[0]
     plain = _infer(FakeViT(), images, labels, scales=[1.0, 0.5])[0]
     for v in ("cam", "avg", "aream", "first_k"):
@@ -300,24 +234,10 @@ def test_threshold_sweep_hand_case(t, expected):
 # ---------------------------------------------------------------------------------------------- stage
 
 
-def _dataset(tmp: Path, n: int = 5) -> list[Sample]:
-    samples = []
-    for i in range(n):
-        h, w = 30 + 3 * i, 44 - 2 * i
-        img = _image(h, w, i)
-        mask = np.zeros((h, w), np.uint8)
-        mask[h // 4: 3 * h // 4, : w // 3] = 1
-        mask[: h // 3, w // 2:] = 2
-        write_rgb(tmp / f"img{i}.png", img)
-        write_label_png(tmp / f"img{i}_m.png", mask)
-        samples.append(Sample(f"img{i}", str(tmp / f"img{i}.png"), str(tmp / f"img{i}_m.png") if i else None, (1, 2)))
-    return samples
-
-
 def test_export_resumes_and_wipes_stale_files(tmp_path):
     from pipeline.cams.export import export_cams, prepare_out_dir
 
-    samples = _dataset(tmp_path)
+    samples = cam_dataset(tmp_path)
     out = tmp_path / "cams"
     cfg = SCRATCH.cams.replace(scales=[1.0], flip=True, first_k=2, batch_size=2)
     kw = dict(img_size=32, patch_size=8, device=torch.device("cpu"))
@@ -343,7 +263,7 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
     misaligned resize, flip, stride or upsampling anywhere on the way would pull the mIoU down."""
     from pipeline.cams.export import cam_quality, export_cams
 
-    samples = _dataset(tmp_path)
+    samples = cam_dataset(tmp_path)
     oracle = FakeViT(patch_size=4, img_size=64, weight=torch.tensor([[2.0, -2.0, 0], [-2.0, 2.0, 0], [0, 0, 1.0]]))
     out = tmp_path / "cams"
     cfg = SCRATCH.cams.replace(scales=[1.0, 0.75], flip=True, first_k=1, stride=2)
@@ -356,7 +276,7 @@ def test_an_oracle_cam_scores_high_through_export_storage_and_sweep(tmp_path):
 def test_cam_quality_and_csv(tmp_path):
     from pipeline.cams.export import cam_quality, export_cams, sweep_csv
 
-    samples = _dataset(tmp_path)
+    samples = cam_dataset(tmp_path)
     out = tmp_path / "cams"
     cfg = SCRATCH.cams.replace(scales=[1.0], flip=False, first_k=2)
     export_cams(FakeViT(), samples, out, cfg, img_size=32, patch_size=8, device=torch.device("cpu"))

@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+from pipeline.config import ROOT
+
+WORKER = ROOT / "tests" / "ddp_worker.py"
 
 
 def _free_port() -> int:

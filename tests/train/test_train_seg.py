@@ -10,36 +10,14 @@ import torch
 
 from pipeline.config import Seg, defaults, load_params
 from pipeline.models.segmenter import build_segmenter
-from pipeline.train.segmenter import (
-    SegTrainSet,
-    TrainState,
-    augment,
-    poly_lr,
-    segmentation_loss,
-    train_segmenter,
-)
+from pipeline.train.harness import make_scheduler
+from pipeline.train.segmenter import SegTrainSet, augment, make_optimizer, segmentation_loss, train_segmenter
+
+from fakes import square_pairs, write_toy_project
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
 torch.set_num_threads(1)
-COLOURS = np.array([[40, 40, 40], [230, 30, 30], [30, 230, 30], [30, 30, 230]], np.uint8)
-
-
-def square_pairs(n: int, size: int = 32, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Images of one coloured square (class 1..3) on grey; labels with a 255 ring around it."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        k = 1 + i % 3
-        label = np.zeros((size, size), np.uint8)
-        y, x, s = rng.integers(0, size // 2, 2).tolist() + [int(rng.integers(size // 4, size // 2))]
-        label[y:y + s, x:x + s] = k
-        image = COLOURS[label] + rng.integers(0, 20, (size, size, 3)).astype(np.uint8)
-        label[y - 1 if y else y, x:x + s] = 255
-        out.append((image, label))
-    return out
-
-
 def tiny_cfg(**kw) -> Seg:
     base = dict(decoder_channels=16, crop_size=32, batch_size=4, epochs=2, lr=1e-3, scale_range=[0.75, 1.25])
     return SCRATCH.seg.replace(**{**base, **kw})
@@ -65,10 +43,19 @@ def test_all_ignored_batch_gives_zero_loss_and_exactly_zero_gradient():
     assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
-def test_poly_lr():
-    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
-    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
-    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+def test_the_poly_schedule_steps_every_group_from_its_own_rate():
+    # lr * (1 - i / max_i) ** 0.9: 0.01 at step 0, 0.01 * 0.5 ** 0.9 halfway, 0 at the end; the head at 10x
+    model = build_segmenter(tiny_cfg(), 4)
+    optimizer = make_optimizer(model, tiny_cfg(optimizer="sgd", lr=0.01, head_lr_mult=10.0))
+    scheduler = make_scheduler(optimizer, 100, 0, "poly", 0.9)
+    rates = []
+    for _ in range(101):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == [0.01, 0.1]
+    assert rates[50] == pytest.approx([0.01 * 0.5**0.9, 0.1 * 0.5**0.9])
+    assert rates[100] == [0.0, 0.0]
 
 
 def test_augment_pads_labels_with_255_and_images_with_the_mean():
@@ -113,7 +100,7 @@ def test_resume_equals_uninterrupted():
     full = fresh()
     train_segmenter(full, SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), progress=False)
 
-    saved: list[TrainState] = []
+    saved: list[dict] = []
 
     class Stop(Exception):
         pass
@@ -126,7 +113,7 @@ def test_resume_equals_uninterrupted():
         train_segmenter(fresh(), SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), on_epoch=stop_after_first,
                         progress=False)
     torch.manual_seed(123)  # the resumed process starts from other random state
-    state = TrainState(**{k: v for k, v in vars(saved[0]).items()})
+    state = saved[0]
     resumed = build_segmenter(cfg, 4)
     history = train_segmenter(resumed, SegTrainSet(data, cfg, 0), cfg, torch.device("cpu"), resume=state,
                               progress=False)
@@ -137,29 +124,11 @@ def test_resume_equals_uninterrupted():
         assert torch.equal(a[k], b[k]), k
 
 
-def _write_toy_project(root, n_train=6, n_val=3, size=32):
-    from pipeline.common.io import write_json, write_label_png, write_rgb
-
-    pairs = square_pairs(n_train + n_val, size)
-    rows = {"train": [], "val": []}
-    for i, (image, label) in enumerate(pairs):
-        split = "train" if i < n_train else "val"
-        sid = f"{split}_{i}"
-        write_rgb(root / f"img/{sid}.png", image)
-        write_label_png(root / f"gt/{sid}.png", label)
-        labels = sorted(int(v) for v in np.unique(label) if 0 < v < 255)
-        rows[split].append({"id": sid, "image": f"img/{sid}.png", "mask": f"gt/{sid}.png", "labels": labels})
-        if split == "train":  # stand-in pseudo labels: a copy of the ground truth
-            write_label_png(root / f"data/pseudo/{sid}.png", label)
-    write_json(root / "data/prepared/manifest.json",
-               {"dataset": "squares", "class_names": ["background", "red", "green", "blue"], "splits": rows})
-
-
 def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
     import stages.train_seg as stage
     from pipeline.train.harness import Checkpoint
 
-    _write_toy_project(tmp_path)
+    write_toy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     params = load_params(profile="scratch",
                          overrides={"seg": {"decoder_channels": 16, "crop_size": 32, "batch_size": 4, "epochs": 1},
@@ -212,7 +181,8 @@ def test_stage_trains_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
 def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatch):
     """upper_bound.enabled: false -> train_seg_gt and evaluate_gt write 'skipped' outputs, no model."""
     from stages import evaluate, train_seg
-    from stages.report import build_report
+    from fakes import write_report_inputs
+    from pipeline.evaluate.report import build_report
 
     monkeypatch.chdir(tmp_path)
     params = SCRATCH.replace(upper_bound={"enabled": False})
@@ -225,7 +195,6 @@ def test_disabled_upper_bound_skips_training_and_evaluation(tmp_path, monkeypatc
     evaluate.run(params, upper_bound=True)
     assert json.loads((tmp_path / "reports/evaluate_gt/metrics.json").read_text()) == {"miou": None, "skipped": True}
     assert (tmp_path / "reports/evaluate_gt/figures").is_dir()
-    (tmp_path / "reports/evaluate").mkdir()
-    (tmp_path / "reports/evaluate/metrics.json").write_text(json.dumps({"miou": 0.3}))
-    text = build_report(params, tmp_path / "reports")
+    gt = json.loads((tmp_path / "reports/evaluate_gt/metrics.json").read_text())
+    text = build_report(params, write_report_inputs(tmp_path / "reports", **{"evaluate_gt/metrics.json": gt}))
     assert "(fully supervised bound)" not in text and "reaches" not in text

@@ -114,9 +114,9 @@ def test_helpers():
 @pytest.mark.parametrize("crf", [False, True])
 def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
     import stages.evaluate as stage
-    from tests.test_train_seg import _write_toy_project
+    from fakes import write_toy_project
 
-    _write_toy_project(tmp_path, n_train=2, n_val=3)
+    write_toy_project(tmp_path, n_train=2, n_val=3)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     model = build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 4)
@@ -141,9 +141,9 @@ def test_stage_writes_metrics_figures_and_csv(tmp_path, monkeypatch, crf):
 def test_stage_refuses_a_model_with_other_classes(tmp_path, monkeypatch):
     import stages.evaluate as stage
     from pipeline.common.io import DataError
-    from tests.test_train_seg import _write_toy_project
+    from fakes import write_toy_project
 
-    _write_toy_project(tmp_path, n_train=2, n_val=2)
+    write_toy_project(tmp_path, n_train=2, n_val=2)
     monkeypatch.chdir(tmp_path)
     save_segmenter(build_segmenter(SCRATCH.seg.replace(decoder_channels=16), 6),
                    tmp_path / "models/segmenter/model.pt",

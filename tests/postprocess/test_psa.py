@@ -4,27 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.affinitynet import (
-    AffinityNet,
-    affinity_matrix,
-    load_affinitynet,
-    pair_affinities,
-    pair_affinity_loss,
-    pair_border,
-    pair_labels,
-    pair_slices,
-    radius_offsets,
-    save_affinitynet,
-)
-from pipeline.postprocess.psa import (
-    confident_labels,
-    downsample_labels,
-    random_crop,
-    random_walk,
-    transition_matrix,
-    walk_inputs,
-    walk_scores,
-)
+from pipeline.models.affinitynet import (AffinityNet, affinity_matrix, load_affinitynet, pair_affinities,
+                                         pair_affinity_loss, pair_border, pair_labels, pair_slices, radius_offsets,
+                                         save_affinitynet)
+from pipeline.postprocess.psa import (confident_labels, downsample_labels, random_crop, random_walk, transition_matrix,
+                                      walk_inputs, walk_scores)
 
 
 def block_affinity(labels: np.ndarray) -> np.ndarray:

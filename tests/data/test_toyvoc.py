@@ -8,16 +8,8 @@ from pipeline.common.palette import voc_palette
 from pipeline.common.parallel import map_items
 from pipeline.config import defaults
 from pipeline.data.manifest import labels_from_mask
-from pipeline.data.toyvoc import (
-    TOY_CLASS_NAMES,
-    _design,
-    body_group,
-    boundary_band,
-    generate_toyvoc,
-    num_body_groups,
-    render_sample,
-    toy_class_names,
-)
+from pipeline.data.toyvoc import (TOY_CLASS_NAMES, _design, body_group, boundary_band, generate_toyvoc, num_body_groups,
+                                  render_sample, toy_class_names)
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, defaults
-from pipeline.train.distill import (
-    DistilledViT,
-    Teacher,
-    build_teacher,
-    feature_distillation,
-    logit_distillation,
-    standardise,
-)
+from pipeline.train.distill import (DistilledViT, Teacher, build_teacher, feature_distillation, logit_distillation,
+                                    standardise)
 from pipeline.train.pretrain import backbone_state, build_vit, pretrain_vit
 
 # every test builds timm networks from random weights: the offline fixture makes any hub fetch fail loudly

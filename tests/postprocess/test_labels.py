@@ -8,19 +8,9 @@ from PIL import Image
 from pipeline.common.io import read_label_png, write_label_png
 from pipeline.common.palette import voc_palette
 from pipeline.metrics import ThresholdSweep
-from pipeline.postprocess.labels import (
-    QualityTotal,
-    SweepTotal,
-    argmax_labels,
-    label_quality,
-    merge_sweep_counts,
-    pseudo_labels,
-    pseudo_labels_keyed,
-    sparse_counts,
-    summarize_quality,
-    sweep_counts,
-    sweep_summary,
-)
+from pipeline.postprocess.labels import (QualityTotal, SweepTotal, argmax_labels, label_quality, merge_sweep_counts,
+                                         pseudo_labels, pseudo_labels_keyed, sparse_counts, summarize_quality,
+                                         sweep_counts, sweep_summary)
 
 A1, A2 = 0.25, 0.7
 

@@ -4,18 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.common.io import (
-    DataError,
-    atomic_dir,
-    read_json,
-    read_label_png,
-    read_npz,
-    read_rgb,
-    write_json,
-    write_label_png,
-    write_npz,
-    write_rgb,
-)
+from pipeline.common.io import (DataError, atomic_dir, read_json, read_label_png, read_npz, read_rgb, write_json,
+                                write_label_png, write_npz, write_rgb)
 from pipeline.common.palette import voc_palette
 
 

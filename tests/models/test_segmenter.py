@@ -6,14 +6,8 @@ import torch
 
 from pipeline.common.io import DataError
 from pipeline.config import ConfigError, defaults
-from pipeline.models.segmenter import (
-    ASPPv2,
-    build_segmenter,
-    load_segmenter,
-    param_groups,
-    resolved_stride,
-    save_segmenter,
-)
+from pipeline.models.segmenter import (ASPPv2, build_segmenter, load_segmenter, param_groups, resolved_stride,
+                                       save_segmenter)
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
