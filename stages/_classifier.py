@@ -13,9 +13,8 @@ from stages._common import CLASSIFIER
 def load_trained_classifier(params: Params, folder: Path = CLASSIFIER) -> tuple[Any, Any]:
     """(classifier in eval mode, device) from ``folder``/model.pt; on CPU torch gets
     ``runtime.workers`` threads (the stage runs one batched forward at a time)."""
-    import torch
 
-    from pipeline.common.device import resolve_device
+    from pipeline.common.device import resolve_device, use_cpu_threads
     from pipeline.common.parallel import num_workers
     from pipeline.models.vit import load_classifier
 
@@ -25,6 +24,5 @@ def load_trained_classifier(params: Params, folder: Path = CLASSIFIER) -> tuple[
     device = resolve_device(params.runtime.device)
     model = load_classifier(path, device)
     model.eval()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, num_workers(params.runtime)))
+    use_cpu_threads(device, num_workers(params.runtime))
     return model, device

@@ -27,7 +27,7 @@ import torch
 from pipeline.analysis.calibration import (VOC_PUBLISHED, VOC_SAMPLES, CamNet, DataTotal, build_cam_net,
                                            calibration_markdown, cam_net_map, cnn_cams, data_one, refinement_figures,
                                            train_cam_net)
-from pipeline.common.device import cpu_count, resolve_device
+from pipeline.common.device import resolve_device, use_cpu_threads
 from pipeline.common.io import (FileSequence, read_label_png, read_npz, read_rgb, write_json, write_label_png,
                                 write_npz, write_text)
 from pipeline.common.parallel import fold_items
@@ -118,8 +118,7 @@ def run(params: Params) -> None:
                       params.runtime, functools.partial(DataTotal, num_classes), desc="mask statistics")
 
     device = resolve_device(params.runtime.device)
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_count())
+    use_cpu_threads(device)
     model, cnn = train_cnn(params, train, manifest.split("val"), manifest.num_classes, device)
 
     shutil.rmtree(WORK, ignore_errors=True)

@@ -22,9 +22,8 @@ import functools
 import time
 
 import numpy as np
-import torch
 
-from pipeline.common.device import cpu_count
+from pipeline.common.device import use_cpu_threads
 from pipeline.common.io import write_json, write_torch
 from pipeline.common.parallel import map_items
 from pipeline.config import Params, weights_file
@@ -66,8 +65,7 @@ def run(params: Params) -> None:
     render_s = time.perf_counter() - started
     training = TrainingRun("pretrain", params.runtime.device)
     dist, device = training.dist, training.device
-    if device.type == "cpu" and dist.world_size == 1:
-        torch.set_num_threads(cpu_count())
+    use_cpu_threads(device, world_size=dist.world_size)
     arch_keys = {k: getattr(arch, k) for k in ("backbone", "patch_size", "depth")}
     tag = run_tag("stages.pretrain", {"pretrain": cfg.model_dump(), "classifier": arch_keys, "device": device.type,
                                       "world": dist.world_size}, [weights_file(cfg.teacher)])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.device import cpu_count
+from pipeline.common.device import use_cpu_threads
 from pipeline.common.digests import array_sha256, json_tag, sequence_sha256
 from pipeline.common.io import FileSequence, read_label_png, read_rgb, write_json, write_label_png
 from pipeline.common.parallel import map_items
@@ -104,8 +104,7 @@ def run(params: Params) -> None:
             labelled += q["labelled"]
     quality = summarize_quality(conf, ignored, labelled)
     images = FileSequence([s.image for s in samples], read_rgb)
-    if device.type == "cpu" and dist.world_size == 1:
-        torch.set_num_threads(cpu_count())
+    use_cpu_threads(device, world_size=dist.world_size)
     tag = run_tag("stages.train_psa", {"psa": cfg.model_dump(), "seed": params.seed, "device": device.type,
                                        "world": dist.world_size,
                                        "labels": sequence_sha256([r[0] for r in results])},

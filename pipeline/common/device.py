@@ -32,3 +32,11 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def use_cpu_threads(device: torch.device, threads: int = 0, world_size: int = 1) -> None:
+    """The stages' CPU thread policy: a lone process on the CPU runs torch on ``threads`` threads (0: every core
+    it may use); a process of a torchrun launch keeps the OMP_NUM_THREADS its launcher gave it (cores / nproc),
+    and a GPU run leaves torch's default."""
+    if device.type == "cpu" and world_size == 1:
+        torch.set_num_threads(threads or cpu_count())

@@ -328,5 +328,4 @@ def num_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["ClassifierOutput", "MultiClassTokenViT", "build_classifier", "classifier_payload", "save_classifier",
-           "classifier_from_payload", "load_classifier", "image_to_tensor", "IMAGENET_MEAN", "IMAGENET_STD",
-           "num_parameters"]
+           "classifier_from_payload", "load_classifier", "num_parameters"]

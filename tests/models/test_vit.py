@@ -5,7 +5,8 @@ import torch
 
 from pipeline.common.io import DataError
 from pipeline.config import ConfigError, defaults
-from pipeline.models.vit import build_classifier, classifier_payload, image_to_tensor, load_classifier, save_classifier
+from pipeline.models.inputs import image_to_tensor
+from pipeline.models.vit import build_classifier, classifier_payload, load_classifier, save_classifier
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
 
