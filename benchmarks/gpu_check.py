@@ -112,7 +112,7 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_steps(step: Callable[[], Any], images_per_secondtep: int, ctx: Context, allowance: float,
+def timed_steps(step: Callable[[], Any], images_per_step: int, ctx: Context, allowance: float,
                 warmup: int | None = None, steps: int | None = None) -> Measure:
     """``warmup`` untimed calls of ``step`` (fewer when half the allowance is gone), then up to ``steps`` timed
     calls, as many as the rest of ``allowance`` (seconds) holds at the last warm-up call's pace, at least one."""
@@ -135,7 +135,7 @@ def timed_steps(step: Callable[[], Any], images_per_secondtep: int, ctx: Context
         step()
     sync(ctx.device)
     elapsed = time.perf_counter() - t
-    return Measure(n * images_per_secondtep / elapsed, 1000 * elapsed / n, n)
+    return Measure(n * images_per_step / elapsed, 1000 * elapsed / n, n)
 
 
 def check_finite(value, what: str) -> None:

@@ -47,7 +47,6 @@ LIVE_DIR = REPORT_DIR / "live"
 METRICS = REPORT_DIR / "metrics.json"
 
 
-
 AREAM_RUN = Outputs("train_cls", MODEL, CHECKPOINT, REPORT_DIR)
 BASELINE_RUN = Outputs("train_cls_base", CLASSIFIER_BASE / "model.pt", CLASSIFIER_BASE_CKPT / "last.pt",
                        REPORTS / "train_cls_base")

@@ -1,6 +1,6 @@
 """Which project files a stage's code runs: the import closure of a module inside this repository.
 
-``dvc.yaml`` must list exactly these files as a stage's code dependencies (``tests/test_dag.py``
+``dvc.yaml`` must list exactly these files as a stage's code dependencies (``tests/stages/test_dag.py``
 checks it), and a training stage's resume tag hashes them (:func:`pipeline.common.digests.code_sha256`), so a
 code edit is never mistaken for an interruption. Imports are read from the source (every ``import`` statement, at
 module level or inside a function), so a lazily imported module counts too; package ``__init__.py`` files count because

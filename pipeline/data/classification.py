@@ -5,7 +5,8 @@ colour jitter) and the mean average precision of multi-label predictions. Shared
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
         """Validate and build; a malformed manifest raises DataError naming ``source``."""
         if not isinstance(data, dict):
             raise DataError(f"{source}: expected a JSON object, got {type(data).__name__}")

@@ -43,7 +43,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -407,7 +407,7 @@ def render_sample(spec: ToySpec, split: str, index: int) -> tuple[np.ndarray, np
     label = np.zeros((h, w), np.uint8)
     placed: list[_Placed] = []
     scale = 1.0 if n_obj == 1 else 0.8
-    for k, cls in enumerate(classes):
+    for cls in classes:
         design = _design(cls)
         group = body_group(cls, spec.num_classes, spec.classes_per_body)
         for _attempt in range(12):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pipeline.common.io import DataError
 from pipeline.common.markdown import percent_text, table
 from pipeline.config import Params
 from pipeline.evaluate.summary import HEADLINE, StageMetrics, headline, table_one_figures
@@ -95,10 +96,12 @@ def layer_section(analysis: Path, reports: Path) -> list[str]:
     """The layer-wise analysis's own Markdown table (stage analyze_layers) and its first figures."""
     if (analysis / "layers.md").is_file():
         lines = [(analysis / "layers.md").read_text().strip()]
-    else:
+    elif (analysis / "layers.csv").is_file():
         with open(analysis / "layers.csv") as f:
             rows = list(csv.reader(f))
         lines = [table(rows[0], rows[1:])]
+    else:
+        raise DataError(f"{analysis}: neither layers.md nor layers.csv (stage analyze_layers writes them)")
     return lines + [f"\n![{p.stem}]({p.relative_to(reports).as_posix()})" for p in sorted(analysis.rglob("*.png"))[:8]]
 
 

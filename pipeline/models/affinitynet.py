@@ -18,6 +18,7 @@ neither in the last ``border`` rows nor in the first or last ``border`` columns.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import weights_file
-from pipeline.models.inputs import backbone_normalisation
+from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, backbone_normalisation
 from pipeline.models.weights import check_state_fits, load_error_summary, loading_weights
 
 
@@ -155,7 +156,8 @@ def _projection_dim(level: int) -> int:
 class AffinityNet(nn.Module):
     """Backbone pyramid -> fused embedding (B, embed_dim, ceil(H/s), ceil(W/s)) -> pair affinities."""
 
-    def __init__(self, backbone: str, pretrained: str, feature_stride: int, embed_dim: int):
+    def __init__(self, backbone: str, pretrained: str, feature_stride: int, embed_dim: int,
+                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None):
         super().__init__()
         import timm
 
@@ -186,10 +188,11 @@ class AffinityNet(nn.Module):
         for conv in self.proj:
             nn.init.kaiming_normal_(conv.weight)
         nn.init.xavier_uniform_(self.fuse.weight, gain=4.0)  # large initial distances, as PSA
-        mean, std = backbone_normalisation(backbone)
+        mean, std = backbone_normalisation(backbone) if normalisation is None else normalisation
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.config = {"backbone": backbone, "feature_stride": feature_stride, "embed_dim": self.embed_dim}
+        self.config = {"backbone": backbone, "feature_stride": feature_stride, "embed_dim": self.embed_dim,
+                       "normalisation": [list(map(float, mean)), list(map(float, std))]}
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Feature-grid size of an image: (ceil(H / s), ceil(W / s))."""
@@ -223,7 +226,9 @@ def load_affinitynet(path: str | Path, device: torch.device | str = "cpu") -> Af
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = ckpt["config"]
-        model = AffinityNet(cfg["backbone"], "none", cfg["feature_stride"], cfg["embed_dim"])
+        # a file without its normalisation was trained on ImageNet's mean / std, as every network was then
+        norm = cfg.get("normalisation", (IMAGENET_MEAN, IMAGENET_STD))
+        model = AffinityNet(cfg["backbone"], "none", cfg["feature_stride"], cfg["embed_dim"], norm)
         model.load_state_dict(ckpt["state_dict"])
     except FileNotFoundError:
         raise DataError(f"{path}: AffinityNet weights not found (did train_psa run?)") from None

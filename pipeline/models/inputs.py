@@ -3,7 +3,7 @@ mean / std every ImageNet CNN's weights were trained with (:func:`backbone_norma
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

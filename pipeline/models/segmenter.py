@@ -235,7 +235,7 @@ def save_segmenter(model: nn.Module, path: str | Path, class_names: list[str] | 
     inner = model.module if hasattr(model, "module") else model
     payload = {"state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
                "seg": inner.meta["seg"], "num_classes": inner.num_classes, "class_names": list(class_names),
-               **(extra or {})}
+               "normalisation": [inner.mean.flatten().tolist(), inner.std.flatten().tolist()], **(extra or {})}
     write_torch(path, payload)
 
 
@@ -263,6 +263,10 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
         cfg = config_from_payload(payload["seg"])
         model = build_segmenter(cfg, int(payload["num_classes"]))
         model.load_state_dict(payload["state_dict"])
+        # a file without its normalisation was trained on ImageNet's mean / std, as every network was then
+        mean, std = payload.get("normalisation", (IMAGENET_MEAN, IMAGENET_STD))
+        model.mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        model.std.copy_(torch.tensor(std).view(1, 3, 1, 1))
     except ConfigError as err:
         raise DataError(f"{path}: stored model configuration is unusable ({err})") from None
     except Exception as err:  # noqa: BLE001 - foreign, truncated or mismatching files: one message

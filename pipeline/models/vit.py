@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Classifier, ConfigError, weights_file
 from pipeline.common.io import DataError, write_torch
-from pipeline.models.inputs import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, normalize_imagenet
+from pipeline.models.inputs import normalize_imagenet
 from pipeline.models.weights import load_error_summary, loading_weights
 
 

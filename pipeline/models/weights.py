@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 from pipeline.config import WEIGHTS_DIR, ConfigError, Params, weights_file
 from pipeline.vocabulary import (BUILT_WEIGHTS, IMAGENET_CNN, IMAGENET_CNN_BACKBONE, PRETRAINED_VIT, SMP_WEIGHTS,

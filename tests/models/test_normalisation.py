@@ -49,3 +49,24 @@ def test_the_lite0_networks_normalise_as_their_weights_expect():
     # a ResNet keeps the ImageNet normalisation
     assert AffinityNet("resnet18", "none", feature_stride=8, embed_dim=16).mean.flatten().tolist() == \
         pytest.approx(IMAGENET_MEAN)
+
+
+def test_saved_networks_keep_their_normalisation_and_older_files_load_as_imagenet(tmp_path):
+    from pipeline.models.affinitynet import load_affinitynet, save_affinitynet
+    from pipeline.models.segmenter import load_segmenter, save_segmenter
+
+    aff = AffinityNet("tf_efficientnet_lite0", "none", feature_stride=8, embed_dim=16)
+    save_affinitynet(aff, tmp_path / "aff.pt")
+    assert load_affinitynet(tmp_path / "aff.pt").mean.flatten().tolist() == [0.5] * 3
+    old = torch.load(tmp_path / "aff.pt", weights_only=True)
+    del old["config"]["normalisation"]  # as written before the file recorded it: trained on ImageNet's
+    torch.save(old, tmp_path / "old_aff.pt")
+    assert load_affinitynet(tmp_path / "old_aff.pt").mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN)
+
+    cfg = load_params().seg.replace(encoder="tu-tf_efficientnet_lite0", encoder_weights="none")
+    save_segmenter(build_segmenter(cfg, 3), tmp_path / "seg.pt", ["background", "a", "b"])
+    assert load_segmenter(tmp_path / "seg.pt").std.flatten().tolist() == [0.5] * 3
+    old = torch.load(tmp_path / "seg.pt", weights_only=True)
+    del old["normalisation"]
+    torch.save(old, tmp_path / "old_seg.pt")
+    assert load_segmenter(tmp_path / "old_seg.pt").std.flatten().tolist() == pytest.approx(IMAGENET_STD)
