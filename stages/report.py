@@ -21,8 +21,8 @@ METRICS = REPORTS / "metrics.json"
 
 
 def run(params: Params) -> None:
-    write_text(REPORT, build_report(params, REPORTS))
     metrics = read_metrics(REPORTS)
+    write_text(REPORT, build_report(params, REPORTS, metrics))
     figures = read_table_one(params, metrics)
     write_json(TABLE1, figures)
     write_json(METRICS, headline(figures, metrics["cls"]["val_map"]))

@@ -119,9 +119,10 @@ def segmentation_section(params: Params, seg: StageMetrics, bound: StageMetrics,
     return lines + [f"\n![{p.stem}]({p.relative_to(reports).as_posix()})" for p in overlays]
 
 
-def build_report(params: Params, reports: Path) -> str:
-    """reports/report.md from the metrics files under ``reports``."""
-    m = read_metrics(reports)
+def build_report(params: Params, reports: Path, metrics: dict[str, StageMetrics] | None = None) -> str:
+    """reports/report.md from the metrics files under ``reports`` (``metrics``: those files already read by
+    :func:`read_metrics`)."""
+    m = read_metrics(reports) if metrics is None else metrics
     lines = ["# AReAM WSSS report", "",
              f"Dataset `{params.dataset.name}`; backbone `{params.classifier.backbone}` (depth "
              f"{params.classifier.depth}, {params.classifier.img_size} px, patch {params.classifier.patch_size}); "
