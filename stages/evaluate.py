@@ -31,7 +31,8 @@ from pipeline.common.progress import progress
 from pipeline.config import Params
 from pipeline.data.manifest import Sample, load_manifest, validate_mask
 from pipeline.evaluate.inference import cap_side, crf_label, image_tensor, label_to_size, predict_probs, to_label
-from pipeline.evaluate.scoring import groups_of, confusion_csv, confusion_figure, overlay_figure, summarize
+from pipeline.common.grouping import groups_of
+from pipeline.evaluate.scoring import confusion_csv, confusion_figure, overlay_figure, summarize
 from pipeline.metrics import confusion_matrix
 from pipeline.models.segmenter import load_segmenter
 from stages._common import MANIFEST, REPORTS, SEGMENTER, SEGMENTER_GT, SKIPPED, stage_main, write_skipped

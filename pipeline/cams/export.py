@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cams.infer import infer_cams, load_cam_scores, pack_cams
 from pipeline.common.io import DataError, read_label_png, read_npz, read_rgb, write_json, write_npz
-from pipeline.common.parallel import split_evenly, map_items, num_workers
+from pipeline.common.grouping import split_evenly
+from pipeline.common.parallel import map_items, num_workers
 from pipeline.common.progress import progress
 from pipeline.config import Cams, Runtime
 from pipeline.data.manifest import Sample

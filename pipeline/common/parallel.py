@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol, TypeVar
 
 from pipeline.common.device import cpu_count
+from pipeline.common.grouping import split_evenly
 from pipeline.common.progress import progress
 from pipeline.config import Runtime
 
@@ -39,18 +40,6 @@ TASK_RETRIES = 2
 
 def num_workers(runtime: Runtime) -> int:
     return runtime.workers or cpu_count()
-
-
-def split_evenly(items: Sequence[T], n_chunks: int) -> list[list[T]]:
-    """Split into at most ``n_chunks`` contiguous chunks of near-equal size (order kept)."""
-    n_chunks = max(1, min(n_chunks, len(items)))
-    size, extra = divmod(len(items), n_chunks)
-    out, start = [], 0
-    for i in range(n_chunks):
-        stop = start + size + (1 if i < extra else 0)
-        out.append(list(items[start:stop]))
-        start = stop
-    return [c for c in out if c]
 
 
 def _worker_init() -> None:

@@ -122,9 +122,3 @@ def overlay_figure(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_na
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
-
-
-def groups_of(items: list, size: int) -> list[list]:
-    """Consecutive groups of ``size`` items, the last one shorter where they do not divide (a number of near-equal
-    groups instead: :func:`pipeline.common.parallel.split_evenly`)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from pipeline.common.device import seed_everything
+from pipeline.common.grouping import groups_of
 from pipeline.common.progress import progress as progress_bar
 from pipeline.config import PSA
 from pipeline.models.affinitynet import (AffinityNet, pair_affinities, pair_affinity_loss, pair_border, pair_labels,
                                          radius_offsets)
 from pipeline.postprocess.psa import downsample_labels, random_crop
-from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
+from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, epoch_order,
                                     make_scheduler, restore_training_state, training_state, wrap)
 
 SUMMED = ("loss", "bg_loss", "fg_loss", "neg_loss", "bg_pairs", "fg_pairs", "neg_pairs")
@@ -74,8 +75,8 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     net = wrap(model, dist, device, sync_bn=True)
     offsets, border = radius_offsets(cfg.radius), pair_border(cfg.radius, cfg.pairs)
     per_rank = max(2, cfg.batch_size // dist.world_size)  # BatchNorm cannot train on one image's 1x1 features
-    steps = len(batches(epoch_order(len(images), seed, 0, dist.rank, dist.world_size), per_rank,
-                        drop_single=True))
+    steps = len(groups_of(epoch_order(len(images), seed, 0, dist.rank, dist.world_size), per_rank,
+                          drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
     total = steps * cfg.epochs
@@ -87,7 +88,7 @@ def train_affinitynet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
         order = epoch_order(len(images), seed, epoch, dist.rank, dist.world_size)
         sums = torch.zeros(len(SUMMED) + 1, dtype=torch.float64)  # the SUMMED values, then steps
         net.train()
-        for idx in progress_bar(batches(order, per_rank, drop_single=True), f"psa epoch {epoch + 1}/{cfg.epochs}",
+        for idx in progress_bar(groups_of(order, per_rank, drop_single=True), f"psa epoch {epoch + 1}/{cfg.epochs}",
                                 enabled=progress and dist.is_main):
             x, y = make_batch(images, labels, idx, cfg.crop_size, cfg.feature_stride, seed, epoch)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

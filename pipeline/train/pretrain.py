@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.common.device import seed_everything
+from pipeline.common.grouping import groups_of
 from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Classifier, Pretrain
 from pipeline.models.inputs import normalize_imagenet
 from pipeline.train.distill import DistilledViT, Teacher, feature_distillation, logit_distillation
-from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
+from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, epoch_order,
                                     make_scheduler, restore_training_state, training_state, unwrap,
                                     weight_decay_groups, wrap)
 
@@ -138,7 +139,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
         teacher = teacher.to(device)
     net = wrap(model, dist, device)
     per_rank = max(1, cfg.batch_size // dist.world_size)
-    steps = len(batches(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
+    steps = len(groups_of(epoch_order(len(images), cfg.seed, 0, dist.rank, dist.world_size), per_rank))
     total, warm = steps * cfg.epochs, steps * cfg.warmup_epochs
     opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     sched = make_scheduler(opt, total, warm, "cosine")
@@ -149,7 +150,7 @@ def pretrain_vit(model_cfg: Classifier, cfg: Pretrain, train: tuple[np.ndarray, 
         order = epoch_order(len(images), cfg.seed, epoch, dist.rank, dist.world_size)
         sums = torch.zeros(5, dtype=torch.float64)  # loss sum, correct, images, the two distillation terms' sums
         net.train()
-        for idx in progress_bar(batches(order, per_rank), f"pretrain epoch {epoch + 1}/{cfg.epochs}",
+        for idx in progress_bar(groups_of(order, per_rank), f"pretrain epoch {epoch + 1}/{cfg.epochs}",
                                 enabled=progress and dist.is_main):
             x = augment_batch(images, idx, cfg.image_size, tuple(cfg.crop_scale), cfg.seed, epoch).to(device)
             y = targets[idx].to(device)

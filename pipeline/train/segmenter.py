@@ -32,12 +32,13 @@ from PIL import Image
 from torch import nn
 
 from pipeline.common.io import DataError, read_label_png, read_rgb
+from pipeline.common.grouping import groups_of
 from pipeline.common.progress import progress as progress_bar
 from pipeline.config import Seg
 from pipeline.data.manifest import Sample, validate_mask
 from pipeline.models.segmenter import encoder_normalisation, param_groups
-from pipeline.train.harness import (Distributed, OnEpoch, all_reduce_sum, amp, backward_step, batches, epoch_order,
-                                    make_scheduler, restore_training_state, training_state)
+from pipeline.train.harness import (DROPOUT_STREAM, Distributed, OnEpoch, all_reduce_sum, amp, backward_step,
+                                    epoch_order, epoch_seed, make_scheduler, restore_training_state, training_state)
 from pipeline.vocabulary import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
     optimizer = make_optimizer(model, cfg)
     autocast, scaler = amp(device, cfg.amp, torch.float16)  # DeepLab's recipe: fp16 with a gradient scaler
     order0 = epoch_order(len(dataset), dataset.seed, 0, dist.rank, dist.world_size)
-    steps = len(batches(order0, per_rank, drop_single=True))
+    steps = len(groups_of(order0, per_rank, drop_single=True))
     if steps == 0:
         raise ValueError("no training batches: the training set is empty")
     scheduler = make_scheduler(optimizer, steps * cfg.epochs, 0, "poly", cfg.poly_power)
@@ -215,10 +216,10 @@ def train_segmenter(model: nn.Module, dataset: SegTrainSet, cfg: Seg, device: to
     for epoch in range(start, cfg.epochs):
         model.train()
         dataset.set_epoch(epoch)
-        torch.manual_seed(dataset.seed * 100003 + epoch)  # dropout stream of this epoch
+        torch.manual_seed(epoch_seed(dataset.seed, epoch, DROPOUT_STREAM))
         order = epoch_order(len(dataset), dataset.seed, epoch, dist.rank, dist.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches(order, per_rank, drop_single=True), num_workers=loader_workers,
+            dataset, batch_sampler=groups_of(order, per_rank, drop_single=True), num_workers=loader_workers,
             collate_fn=_collate, pin_memory=device.type == "cuda")
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct px, labelled px, images
         t0 = time.perf_counter()

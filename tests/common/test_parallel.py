@@ -4,7 +4,7 @@ import functools
 
 import pytest
 
-from pipeline.common.parallel import split_evenly, fold_items, map_items
+from pipeline.common.parallel import fold_items, map_items
 from pipeline.config import defaults
 
 SCRATCH = defaults("scratch")  # params.yaml + profiles/scratch.yaml: the random-init networks tests build
@@ -26,14 +26,6 @@ class _Sums:
     def merge(self, other: "_Sums") -> None:
         self.sum += other.sum
         self.seen += other.seen
-
-
-def test_chunked_keeps_order_and_covers_all():
-    items = list(range(11))
-    chunks = split_evenly(items, 4)
-    assert [x for c in chunks for x in c] == items
-    assert len(chunks) == 4 and max(map(len, chunks)) - min(map(len, chunks)) <= 1
-    assert split_evenly([1], 8) == [[1]]
 
 
 @pytest.mark.parametrize("runner", ["serial", "process"])

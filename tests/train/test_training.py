@@ -3,7 +3,8 @@
 import torch
 
 from pipeline.common.progress import progress
-from pipeline.train.harness import Checkpoint, Distributed, batches, epoch_order
+from pipeline.common.grouping import groups_of
+from pipeline.train.harness import DROPOUT_STREAM, Checkpoint, Distributed, epoch_order, epoch_seed
 
 
 def test_epoch_order_pads_so_every_process_gets_the_same_count():
@@ -13,16 +14,24 @@ def test_epoch_order_pads_so_every_process_gets_the_same_count():
     assert set(flat) == set(range(10)) and len(flat) == 12
     assert epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
     # the case that hung DDP: 401 images, 2 processes, batch 8 per process -> 26 steps on both
-    assert [len(batches(epoch_order(401, 0, 0, r, 2), 8)) for r in (0, 1)] == [26, 26]
+    assert [len(groups_of(epoch_order(401, 0, 0, r, 2), 8)) for r in (0, 1)] == [26, 26]
     # one process sees the plain permutation, independent of the global RNG
     torch.manual_seed(123)
     assert sorted(epoch_order(7, 5, 3)) == list(range(7)) and epoch_order(7, 5, 3) == epoch_order(7, 5, 3)
 
 
-def test_batches_can_drop_a_single_tail():
-    assert [len(b) for b in batches(list(range(9)), 4, drop_single=True)] == [4, 4]  # BatchNorm cannot take 1
-    assert [len(b) for b in batches(list(range(9)), 4)] == [4, 4, 1]
-    assert [len(b) for b in batches(list(range(10)), 4, drop_single=True)] == [4, 4, 2]
+def test_epoch_seed_is_one_mixer_with_disjoint_streams():
+    assert epoch_seed(0, 0) == 0 and epoch_seed(2, 5) == 2_000_011  # 2 * 1,000,003 + 5
+    assert epoch_seed(2, 5, DROPOUT_STREAM) == 2_000_011 + 2_654_435_761  # below 2**32: no wrap
+    assert epoch_seed(2000, 5, DROPOUT_STREAM) == (2_000_006_005 + 2_654_435_761) % 2**32  # wraps to 32 bits
+    seeds = {epoch_seed(s, e, k) for s in [*range(20), 1640, 1641, 3999] for e in [*range(50), 99_999]
+             for k in (0, DROPOUT_STREAM)}
+    assert len(seeds) == 23 * 51 * 2 and max(seeds) < 2**32
+    g = torch.Generator().manual_seed(epoch_seed(4, 1))  # epoch_order draws from stream 0
+    assert epoch_order(9, 4, 1) == torch.randperm(9, generator=g).tolist()
+    # the streams differ in what torch's CPU generator draws (it keeps the low 32 bits of a seed only)
+    draws = [torch.rand(4, generator=torch.Generator().manual_seed(epoch_seed(0, 0, k))) for k in (0, 1)]
+    assert not torch.equal(*draws)
 
 
 def test_checkpoint_resumes_only_under_its_tag_and_is_gone_when_finished(tmp_path, capsys):
