@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,26 +30,15 @@ from pipeline.cams.infer import infer_cams, refine_variants, variant_affinities
 from pipeline.config import load_params, plain_doc
 from pipeline.models.inputs import normalize_imagenet
 from pipeline.models.vit import build_classifier
+from pipeline.tools.measure import best_times
 from pipeline.vocabulary import REFINED_VARIANTS
-
-
-def timed(fn, repeat: int = 5) -> tuple[float, float]:
-    """(best CPU seconds, best wall seconds) of ``fn`` after one warm-up call."""
-    fn()
-    cpu, wall = [], []
-    for _ in range(repeat):
-        c, w = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return min(cpu), min(wall)
 
 
 def mm_rate(flops: float, threads: int) -> tuple[float, int]:
     """GFLOP/s (per CPU-second x threads) of a square float32 torch.mm doing ``flops`` FLOPs."""
     n = max(16, int(round((flops / 2) ** (1 / 3))))
     a, b = torch.randn(n, n), torch.randn(n, n)
-    cpu, _ = timed(lambda: torch.mm(a, b), 9)
+    cpu, _ = best_times(lambda: torch.mm(a, b), 9)
     return 2 * n**3 / (cpu / threads) / 1e9, n
 
 
@@ -95,8 +83,8 @@ def main() -> None:
                     for _ in range(2 if cams.flip else 1):
                         model(x)
 
-    cpu, wall = timed(export_all, 2)
-    fcpu, _ = timed(forwards_only, 2)
+    cpu, wall = best_times(export_all, 2)
+    fcpu, _ = best_times(forwards_only, 2)
     n_all = toy.num_train + toy.num_val
     per_img = cpu / len(images)
     print(f"\n[export] {1000 * per_img:.1f} CPU-ms/image ({len(images) / wall:.1f} images/s wall on this machine now); "
@@ -112,7 +100,7 @@ def main() -> None:
     B, N = attn.shape[0], attn.shape[-1]
     refined = sum(v in REFINED_VARIANTS for v in cams.variants)
     passes = L * ("aream" in cams.variants) + refined  # refinements of K maps by an N x N matrix
-    read_cpu, _ = timed(lambda: attn.sum(), 9)
+    read_cpu, _ = best_times(lambda: attn.sum(), 9)
     bandwidth = attn.numel() * 4 / (read_cpu / th) / 1e9
     print(f"\n[refinement] B={B} N={N} L={L}: refine_variants(cam, attn, {list(cams.variants)}), "
           f"{passes} refinements (L inside Eq. 8, {refined} variants); one read of attn: {bandwidth:.1f} GB/s")
@@ -120,9 +108,9 @@ def main() -> None:
         cam = torch.rand(B, K, *model.train_grid)
         names = [v for v in cams.variants if v != "cam"]
         with torch.no_grad():
-            rcpu, _ = timed(lambda: refine_variants(cam, attn, cams.variants, first_k), 9)
-            ecpu, _ = timed(lambda: layer_entropy(cam, attn), 9)
-            wcpu, _ = timed(lambda: variant_affinities(cam, attn, names, first_k), 9)
+            rcpu, _ = best_times(lambda: refine_variants(cam, attn, cams.variants, first_k), 9)
+            ecpu, _ = best_times(lambda: layer_entropy(cam, attn), 9)
+            wcpu, _ = best_times(lambda: variant_affinities(cam, attn, names, first_k), 9)
         flops = 2.0 * B * K * N * N * passes
         achieved = flops / (rcpu / th) / 1e9
         peak, n = mm_rate(flops, th)

@@ -38,18 +38,9 @@ from pipeline.postprocess.crf import crf_scores
 from pipeline.postprocess.labels import sparse_counts, sweep_counts
 from pipeline.postprocess.par import par_refine
 from pipeline.postprocess.psa import image_affinity, random_walk, walk_cams, walk_inputs
+from pipeline.tools.measure import best_times
 
 SIZES = {"toy 120x120": (120, 120), "VOC 500x375": (375, 500)}
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def synthetic(h: int, w: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,19 +58,19 @@ def time_par(img, scores, params) -> float:
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     s = torch.from_numpy(scores)[None]
     with torch.no_grad():
-        return best_of(lambda: par_refine(x, s, params.par))
+        return best_times(lambda: par_refine(x, s, params.par))[1]
 
 
 def time_crf(img, scores, params) -> float:
-    return best_of(lambda: crf_scores(img, scores, params.crf.alpha, params.crf))
+    return best_times(lambda: crf_scores(img, scores, params.crf.alpha, params.crf))[1]
 
 
 def time_psa(img, scores, params, net) -> tuple[float, float]:
     """Seconds of the two halves of pipeline.postprocess.psa.psa_scores: the AffinityNet forward with its
     pair affinities, and the random walk."""
     grid, aff = image_affinity(net, img, params.psa.radius)
-    return (best_of(lambda: image_affinity(net, img, params.psa.radius)),
-            best_of(lambda: walk_cams(scores, grid, aff, params.psa)))
+    return (best_times(lambda: image_affinity(net, img, params.psa.radius))[1],
+            best_times(lambda: walk_cams(scores, grid, aff, params.psa))[1])
 
 
 def crf_job(seed: int, kernels, alpha: float, size: tuple[int, int]) -> float:
@@ -114,9 +105,9 @@ def main() -> None:
         emb = net(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0]
         aff = affinity_matrix(emb, cfg.radius)
         cams = walk_inputs(torch.from_numpy(scores), tuple(emb.shape[-2:]), cfg.alpha)
-        t_sparse = best_of(lambda: random_walk(cams, aff, cfg.beta, cfg.logt))
+        t_sparse = best_times(lambda: random_walk(cams, aff, cfg.beta, cfg.logt))[1]
         dense = aff.to_dense()
-        t_dense = best_of(lambda: random_walk(cams, dense, cfg.beta, cfg.logt), repeat=1)
+        t_dense = best_times(lambda: random_walk(cams, dense, cfg.beta, cfg.logt), repeat=1)[1]
     n = emb.shape[-1] * emb.shape[-2]
     print(f"random walk on the toy image (N = {n} cells): sparse {2**cfg.logt} steps {t_sparse * 1e3:.1f} ms, "
           f"dense {cfg.logt} squarings {t_dense * 1e3:.1f} ms ({t_dense / t_sparse:.1f}x slower)")
@@ -151,8 +142,8 @@ def main() -> None:
 
             direct = sweep_counts(scores, keys, target, thresholds, classes)
             assert all(np.array_equal(a, b) for a, b in zip(direct, dense())), "the two ways disagree"
-            t_dense = best_of(dense)
-            t_direct = best_of(lambda: sweep_counts(scores, keys, target, thresholds, classes))
+            t_dense = best_times(dense)[1]
+            t_direct = best_times(lambda: sweep_counts(scores, keys, target, thresholds, classes))[1]
             print(f"sweep counts, {name}, {classes} classes: direct {t_direct * 1e3:.2f} ms, through the dense "
                   f"histogram {t_dense * 1e3:.2f} ms ({t_dense / t_direct:.1f}x)")
 

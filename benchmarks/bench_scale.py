@@ -55,10 +55,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,13 +64,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.tools.processes import MB, disk_usage, measure_command  # noqa: E402
 from pipeline.tools.scratch import BIN, scratch_env, scratch_project  # noqa: E402
 from pipeline.tools.scratch import run_checked as run  # noqa: E402
 
 MARKER = ".bench_scale"  # a project folder this benchmark made (and may replace on a rerun)
 PRESETS = {"voc": {"train": 10582, "val": 1449, "classes": 20}, "coco": {"train": None, "val": None, "classes": 80}}
 MIN_TRAIN, MIN_VAL = 16, 4  # analysis and batch sizes of the smoke profile need a few images
-MB = 1e6
 DONE_IN = re.compile(r"^done in ([\d.]+) s$")
 
 
@@ -128,104 +126,6 @@ def stage_outputs(repo: Path) -> dict[str, list[str]]:
 # measuring
 
 
-def du(path: Path) -> tuple[int, int, int]:
-    """(allocated bytes, apparent bytes, files) under ``path`` (a file or a folder; symlinks not followed)."""
-    if not path.exists() and not path.is_symlink():
-        return 0, 0, 0
-    if not path.is_dir() or path.is_symlink():
-        st = path.lstat()
-        return st.st_blocks * 512, st.st_size, 1
-    blocks = size = files = 0
-    for folder, _, names in os.walk(path):
-        for n in names:
-            try:
-                st = os.lstat(os.path.join(folder, n))
-            except FileNotFoundError:
-                continue
-            blocks, size, files = blocks + st.st_blocks * 512, size + st.st_size, files + 1
-    return blocks, size, files
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(ppid, []).append(int(d))
-    return tree
-
-
-def _memory_kb(pid: int) -> int:
-    """PSS of one process (kB), else its RSS; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    except OSError:
-        return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    tree, todo, pids = _children(), [pid], []
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo.extend(tree.get(p, []))
-    return pids
-
-
-def terminate_tree(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM to a process and its descendants (children before parents), SIGKILL to what is left after
-    ``grace`` seconds; reaps the process."""
-    for p in reversed(descendants(pid)):
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.2)
-    for p in reversed(descendants(pid)):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    os.waitpid(pid, 0)
-
-
-class TreeSampler(threading.Thread):
-    """Samples the memory of a process and all its descendants (sum of PSS) until stopped; keeps the peak."""
-
-    def __init__(self, pid: int, interval: float):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak_kb, self.peak_procs = pid, interval, 0, 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            pids = descendants(self.pid)
-            self.peak_kb = max(self.peak_kb, sum(_memory_kb(p) for p in pids))
-            self.peak_procs = max(self.peak_procs, len(pids))
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 def outcome(stage: str, text: str) -> str:
     name = re.escape(stage)
     if re.search(rf"^Running stage '{name}':", text, re.MULTILINE):
@@ -241,35 +141,22 @@ def measure_stage(repo: Path, stage: str, outs: list[str], env: dict[str, str], 
                   interval: float) -> dict:
     """Run ``dvc repro --single-item stage`` and measure it (see the module docstring)."""
     cache = repo / ".dvc" / "cache"
-    cache_before = du(cache)
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        sampler = TreeSampler(proc.pid, interval)
-        sampler.start()
-        try:
-            # wait4's usage of the child: its own peak RSS or that of any descendant it waited for, whichever is larger
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            sampler.stop()
-            terminate_tree(proc.pid)
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - start
-        sampler.stop()
+    cache_before = disk_usage(cache)
+    run = measure_command([str(BIN / "dvc"), "repro", "--single-item", stage], repo, env, log, interval)
     text = log.read_text(errors="replace")
     own = [float(m.group(1)) for m in map(DONE_IN.match, text.splitlines()) if m]
-    sizes = [du(repo / p) for p in outs]
-    cache_after = du(cache)
-    rec = {"stage": stage, "returncode": proc.returncode, "status": outcome(stage, text) if proc.returncode == 0
-           else "failed", "wall_s": round(wall, 2), "stage_s": own[-1] if own else None,
-           "dvc_s": round(wall - own[-1], 2) if own else None, "peak_rss_mb": round(usage.ru_maxrss * 1024 / MB, 1),
-           "tree_peak_mb": round(sampler.peak_kb * 1024 / MB, 1), "tree_peak_procs": sampler.peak_procs,
-           "out_bytes": sum(s[0] for s in sizes), "out_apparent_bytes": sum(s[1] for s in sizes),
-           "out_files": sum(s[2] for s in sizes), "cache_growth_bytes": cache_after[0] - cache_before[0],
-           "cache_growth_files": cache_after[2] - cache_before[2], "outs": outs, "log": str(log)}
-    if proc.returncode != 0:
+    sizes = [disk_usage(repo / p) for p in outs]
+    cache_after = disk_usage(cache)
+    rec = {"stage": stage, "returncode": run.returncode,
+           "status": outcome(stage, text) if run.returncode == 0 else "failed", "wall_s": round(run.wall_s, 2),
+           "stage_s": own[-1] if own else None, "dvc_s": round(run.wall_s - own[-1], 2) if own else None,
+           "peak_rss_mb": round(run.peak_rss_mb, 1), "tree_peak_mb": round(run.tree_peak_mb, 1),
+           "tree_peak_procs": run.tree_peak_procs, "out_bytes": sum(s[0] for s in sizes),
+           "out_apparent_bytes": sum(s[1] for s in sizes), "out_files": sum(s[2] for s in sizes),
+           "cache_growth_bytes": cache_after[0] - cache_before[0],
+           "cache_growth_files": cache_after[2] - cache_before[2],
+           "outs": outs, "log": str(log)}
+    if run.returncode != 0:
         tail = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln][-12:]
         rec["error"] = "\n".join(tail)
     return rec
@@ -286,7 +173,7 @@ def cam_storage(repo: Path, sample: int = 600) -> dict | None:
     files = sorted(folder.glob("*.npz"))
     if not files:
         return None
-    blocks, size, _ = du(folder)
+    blocks, size, _ = disk_usage(folder)
     picked = files[::max(1, len(files) // sample)]
     raw = packed = npz = keys = cells = pixels = 0
     variants: set[str] = set()
@@ -516,7 +403,7 @@ def measure_size(preset: str, fraction: float, args: argparse.Namespace, workdir
                       f"are skipped. End of its log:\n{rec.get('error', '')}", flush=True)
                 break
     finally:
-        size["project_bytes"] = du(repo)[0]
+        size["project_bytes"] = disk_usage(repo)[0]
         save()
     total = sum(r["wall_s"] for r in size["stages"])
     print(f"[{label}] done: {total:.0f} s of stages; project {size['project_bytes'] / 1e6:,.1f} MB; "

@@ -30,23 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params, plain_doc
 from pipeline.evaluate.inference import predict_probs
 from pipeline.models.segmenter import build_segmenter
+from pipeline.tools.measure import image_label_pairs
 from pipeline.train.segmenter import SegTrainSet, train_segmenter
 
 NUM_CLASSES = 21
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]
-
-
-def toy_pairs(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        h, w = rng.integers(96, 145, 2)
-        label = np.zeros((h, w), np.uint8)
-        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        label[y:y + h // 2, x:x + w // 2] = rng.integers(1, NUM_CLASSES)
-        image = (rng.random((h, w, 3)) * 60 + label[..., None] * 9).astype(np.uint8)
-        out.append((image, label))
-    return out
 
 
 def bench_train(cfg, device: torch.device, n: int) -> tuple[float, float]:
@@ -59,7 +47,8 @@ def bench_train(cfg, device: torch.device, n: int) -> tuple[float, float]:
     def on_epoch(epoch, metrics, state):
         marks.append((time.process_time(), metrics["images_per_second"]))
 
-    train_segmenter(model, SegTrainSet(toy_pairs(n), cfg, 0), cfg, device, on_epoch=on_epoch, progress=False)
+    pairs = image_label_pairs(n, (96, 144), (96, 144), NUM_CLASSES - 1, np.random.default_rng(0))
+    train_segmenter(model, SegTrainSet(pairs, cfg, 0), cfg, device, on_epoch=on_epoch, progress=False)
     return marks[1][1], (marks[1][0] - marks[0][0]) / n
 
 

@@ -13,12 +13,12 @@ both variants are measured in the same process, alternating, after a warm-up ste
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,27 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import Params, load_params, plain_doc
 from pipeline.models.vit import build_classifier
 from pipeline.train.classifier import build_optimizer, step_losses
+from pipeline.tools.measure import multi_hot, peak_memory_mib, reset_peak_memory, sync
 from pipeline.train.harness import amp, backward_step
-
-
-def _batch(batch: int, size: int, classes: int, device: torch.device, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, size, size, generator=g)
-    targets = torch.zeros(batch, classes)
-    for i in range(batch):
-        k = torch.randint(1, 4, (1,), generator=g).item()
-        targets[i, torch.randperm(classes, generator=g)[:k]] = 1
-    return images.to(device), targets.to(device)
 
 
 def _step(model, opt, images, targets, params: Params, with_aream: bool, autocast, scaler):
     step = step_losses(model, images, targets, params.aream, params.par, with_aream, autocast)
     backward_step(step.total, opt, scaler)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(params: Params, num_classes: int, device: torch.device, steps: int, label: str) -> None:
@@ -55,24 +41,21 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
     model = build_classifier(c, num_classes).to(device).train()
     opt = build_optimizer(model, params.train_cls)
     autocast, scaler = amp(device, t.amp)
-    images, targets = _batch(t.batch_size, c.img_size, num_classes, device)
+    images = torch.randn(t.batch_size, 3, c.img_size, c.img_size, generator=torch.Generator().manual_seed(0))
+    images, targets = images.to(device), multi_hot(t.batch_size, num_classes, np.random.default_rng(0)).to(device)
     times = {False: [], True: []}
     peak = {}
     for variant in (False, True):  # warm-up (allocations, kernels)
         _step(model, opt, images, targets, params, variant, autocast, scaler)
     for variant in (False, True):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         for _ in range(steps):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             _step(model, opt, images, targets, params, variant, autocast, scaler)
-            _sync(device)
+            sync(device)
             times[variant].append(time.perf_counter() - start)
-        if device.type == "cuda":
-            peak[variant] = torch.cuda.max_memory_allocated(device) / 2**20
-        else:  # process high-water mark (monotone: the AReAM figure includes the baseline's)
-            peak[variant] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak[variant] = peak_memory_mib(device)  # on the CPU monotone: the AReAM figure includes the baseline's
     print(f"\n== {label}: {c.backbone}, {c.img_size} px, patch {c.patch_size}, depth {c.depth}, "
           f"batch {t.batch_size}, {num_classes} classes, {device}"
           f"{', AMP' if device.type == 'cuda' and t.amp else ''}")

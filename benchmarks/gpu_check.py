@@ -37,18 +37,13 @@ same networks and code; with --device cpu it tests this script on a machine with
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,40 +51,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
+    import numpy as np
+    import torch
+
     from pipeline.config import plain_doc
-except ImportError:  # without the project's packages --help still works; main() says what is missing
+    from pipeline.tools.measure import (Interrupted, Part, Rate, check_finite, describe_device, image_label_pairs,
+                                        multi_hot, run_plan, summary, timed_steps)
+    MISSING = None
+except ImportError as err:  # without the project's packages --help still works; main() says what is missing
+    MISSING = err
+
     def plain_doc(doc: str | None) -> str:
         return (doc or "").strip() + "\n"
 
 PART_KEYS = ("cls", "cams", "psa", "seg", "dag")
 VOC_TRAIN_AUG = 10582  # images of VOC's train_aug split: sets the schedules' length
-
-
-class Interrupted(BaseException):
-    """SIGTERM (the global timeout of gpu_check.sh) or Ctrl-C: stop, print the table."""
-
-
-@dataclass
-class Row:
-    part: str
-    title: str
-    status: str = "not run"
-    images_per_second: float | None = None
-    ms_per_step: float | None = None
-    steps: int | None = None
-    peak_gib: float | None = None
-    wall_s: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass
-class Measure:
-    images_per_second: float | None = None
-    ms_per_step: float | None = None
-    steps: int | None = None
 
 
 @dataclass
@@ -100,92 +76,18 @@ class Context:
     warmup: int
     steps: int
 
-
-# ----------------------------------------------------------------------------------------------
-# timing
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_steps(step: Callable[[], Any], images_per_step: int, ctx: Context, allowance: float,
-                warmup: int | None = None, steps: int | None = None) -> Measure:
-    """``warmup`` untimed calls of ``step`` (fewer when half the allowance is gone), then up to ``steps`` timed
-    calls, as many as the rest of ``allowance`` (seconds) holds at the last warm-up call's pace, at least one."""
-    warmup = ctx.warmup if warmup is None else warmup
-    steps = ctx.steps if steps is None else steps
-    start = time.perf_counter()
-    pace = None
-    for i in range(max(1, warmup)):
-        t = time.perf_counter()
-        step()
-        sync(ctx.device)
-        pace = time.perf_counter() - t
-        if i + 1 < warmup and time.perf_counter() - start + pace > allowance / 2:
-            break
-    left = allowance - (time.perf_counter() - start)
-    n = max(1, min(steps, int(left / max(pace, 1e-6))))
-    sync(ctx.device)
-    t = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync(ctx.device)
-    elapsed = time.perf_counter() - t
-    return Measure(n * images_per_step / elapsed, 1000 * elapsed / n, n)
-
-
-def check_finite(value, what: str) -> None:
-    import torch
-
-    if not bool(torch.isfinite(value.detach()).all()):
-        raise FloatingPointError(f"{what} is not finite after the timed steps")
-
-
-# ----------------------------------------------------------------------------------------------
-# synthetic data
-
-
-def multi_hot(batch: int, classes: int, rng) -> Any:
-    import torch
-
-    targets = torch.zeros(batch, classes)
-    for i in range(batch):
-        targets[i, rng.choice(classes, size=int(rng.integers(1, 4)), replace=False)] = 1
-    return targets
-
-
-def image_label_pairs(n: int, heights: tuple[int, int], widths: tuple[int, int], classes: int, rng,
-                      ignore_band: int = 4):
-    """``n`` (image (H, W, 3) uint8, label (H, W) uint8) pairs, H and W drawn from the inclusive ranges: background
-    0, one or two rectangles of classes 1..classes, each in a band of 255 (unsure / ignored)."""
-    import numpy as np
-
-    out = []
-    for _ in range(n):
-        h, w = int(rng.integers(heights[0], heights[1] + 1)), int(rng.integers(widths[0], widths[1] + 1))
-        label = np.zeros((h, w), np.uint8)
-        for _ in range(int(rng.integers(1, 3))):
-            y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-            y1, x1 = y0 + int(rng.integers(h // 4, h // 2 + 1)), x0 + int(rng.integers(w // 4, w // 2 + 1))
-            label[max(0, y0 - ignore_band):y1 + ignore_band, max(0, x0 - ignore_band):x1 + ignore_band] = 255
-            label[y0:y1, x0:x1] = int(rng.integers(1, classes + 1))
-        image = (rng.random((h, w, 3)) * 80 + (label[..., None] % 32) * 5).astype(np.uint8)
-        out.append((image, label))
-    return out
+    def timed(self, step, images_per_step: int, allowance: float, warmup: int | None = None,
+              steps: int | None = None) -> Rate:
+        """:func:`pipeline.tools.measure.timed_steps` with this run's warm-up and step counts."""
+        return timed_steps(step, images_per_step, self.device, allowance,
+                           self.warmup if warmup is None else warmup, self.steps if steps is None else steps)
 
 
 # ----------------------------------------------------------------------------------------------
 # parts
 
 
-def part_cls(ctx: Context, allowance: float, aream_on: bool) -> Measure:
-    import numpy as np
-    import torch
-
+def part_cls(ctx: Context, allowance: float, aream_on: bool) -> Rate:
     from pipeline.models.vit import build_classifier
     from pipeline.train.classifier import build_optimizer, build_scheduler, step_losses
     from pipeline.train.harness import amp, amp_dtype, backward_step
@@ -214,15 +116,12 @@ def part_cls(ctx: Context, allowance: float, aream_on: bool) -> Measure:
         scheduler.step()
         last["loss"] = losses.total
 
-    m = timed_steps(step, t.batch_size, ctx, allowance)
+    m = ctx.timed(step, t.batch_size, allowance)
     check_finite(last["loss"], "the train_cls loss")
     return m
 
 
-def part_cams(ctx: Context, allowance: float) -> Measure:
-    import numpy as np
-    import torch
-
+def part_cams(ctx: Context, allowance: float) -> Rate:
     from pipeline.cams.infer import infer_cams
     from pipeline.models.vit import build_classifier
 
@@ -247,7 +146,7 @@ def part_cams(ctx: Context, allowance: float) -> Measure:
         out["res"] = infer_cams(model, images, labels, cfg, img_size=c.img_size, patch_size=c.patch_size,
                                 device=dev, preprocess=model.preprocess, amp=amp)
 
-    m = timed_steps(step, cfg.batch_size, ctx, allowance, warmup=1, steps=max(1, ctx.steps // 3))
+    m = ctx.timed(step, cfg.batch_size, allowance, warmup=1, steps=max(1, ctx.steps // 3))
     res = out["res"][0]
     for v in cfg.variants:
         if not np.isfinite(res[v]).all():
@@ -255,10 +154,7 @@ def part_cams(ctx: Context, allowance: float) -> Measure:
     return m
 
 
-def part_psa(ctx: Context, allowance: float) -> Measure:
-    import numpy as np
-    import torch
-
+def part_psa(ctx: Context, allowance: float) -> Rate:
     from pipeline.models.affinitynet import AffinityNet, pair_border, radius_offsets
     from pipeline.train.affinity import affinity_step, make_batch
     from pipeline.train.harness import amp
@@ -284,24 +180,19 @@ def part_psa(ctx: Context, allowance: float) -> Measure:
         last["loss"] = affinity_step(model, x, y, offsets, optimizer, scaler, autocast,
                                      pair_border(cfg.radius, cfg.pairs))[0]["loss"]
 
-    m = timed_steps(step, cfg.batch_size, ctx, allowance)
+    m = ctx.timed(step, cfg.batch_size, allowance)
     check_finite(last["loss"], "the AffinityNet loss")
     return m
 
 
 def build_seg(ctx: Context):
-    import torch
-
     from pipeline.models.segmenter import build_segmenter
 
     torch.manual_seed(ctx.params.seed)
     return build_segmenter(ctx.params.seg, num_foreground() + 1).to(ctx.device)
 
 
-def part_seg_train(ctx: Context, allowance: float) -> Measure:
-    import numpy as np
-    import torch
-
+def part_seg_train(ctx: Context, allowance: float) -> Rate:
     from pipeline.train.harness import amp, backward_step, make_scheduler
     from pipeline.train.segmenter import SegTrainSet, make_optimizer, segmentation_loss
 
@@ -330,15 +221,12 @@ def part_seg_train(ctx: Context, allowance: float) -> Measure:
         scheduler.step()
         last["loss"] = loss
 
-    m = timed_steps(step, cfg.batch_size, ctx, allowance)
+    m = ctx.timed(step, cfg.batch_size, allowance)
     check_finite(last["loss"], "the segmentation loss")
     return m
 
 
-def part_seg_infer(ctx: Context, allowance: float) -> Measure:
-    import numpy as np
-    import torch
-
+def part_seg_infer(ctx: Context, allowance: float) -> Rate:
     from pipeline.evaluate.inference import image_tensor, predict_probs, to_label
 
     e, dev = ctx.params.eval, ctx.device
@@ -359,26 +247,11 @@ def part_seg_infer(ctx: Context, allowance: float) -> Measure:
         if label.shape != img.shape[:2]:
             raise RuntimeError(f"prediction of shape {label.shape} for an image of {img.shape[:2]}")
 
-    return timed_steps(step, 1, ctx, allowance, warmup=min(ctx.warmup, 2))
+    return ctx.timed(step, 1, allowance, warmup=min(ctx.warmup, 2))
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop the process group of ``proc`` (dvc and the stage it runs): TERM, then KILL after 10 s."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def part_dag(ctx: Context, allowance: float) -> Measure:
+def part_dag(ctx: Context, allowance: float) -> Rate:
+    from pipeline.tools.processes import stream_repro
     from pipeline.tools.scratch import scratch_env, scratch_project
 
     interpreter_dir = str(Path(sys.executable).parent)
@@ -398,18 +271,18 @@ def part_dag(ctx: Context, allowance: float) -> Measure:
         limit = max(10.0, allowance - (time.perf_counter() - start))
         print(f"  scratch project {repo} (smoke profile, runtime.device {ctx.args.device}); dvc repro, "
               f"limit {limit:.0f} s; log {log_path}", flush=True)
-        rc, timed_out, stages, seconds = stream_repro(dvc, repo, env, log_path, limit)
+        run = stream_repro(dvc, repo, env, log_path, limit)
         report = repo / "reports" / "report.md"
-        slowest = sorted(stages, key=lambda s: -s[1])[:5]
-        print(f"  dvc repro: exit {rc} after {seconds:.1f} s, {len(stages)} stages; slowest: "
+        slowest = sorted(run.stages, key=lambda s: -s[1])[:5]
+        print(f"  dvc repro: exit {run.returncode} after {run.seconds:.1f} s, {len(run.stages)} stages; slowest: "
               + ", ".join(f"{name} {sec:.0f} s" for name, sec in slowest), flush=True)
-        if timed_out:
+        if run.timed_out:
             raise TimeoutError(f"dvc repro stopped at the limit of {limit:.0f} s (in stage "
-                               f"{stages[-1][0] if stages else '?'})")
-        if rc != 0:
+                               f"{run.stages[-1][0] if run.stages else '?'})")
+        if run.returncode != 0:
             tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
             print("  last lines of the log:\n    " + "\n    ".join(line[-300:] for line in tail), flush=True)
-            raise RuntimeError(f"dvc repro exited with {rc}")
+            raise RuntimeError(f"dvc repro exited with {run.returncode}")
         if not report.is_file():
             raise RuntimeError("dvc repro passed but reports/report.md is missing")
         ran_on = json.loads((repo / "reports/train_cls/metrics.json").read_text()).get("device")
@@ -425,44 +298,7 @@ def part_dag(ctx: Context, allowance: float) -> Measure:
             shutil.rmtree(scratch, ignore_errors=True)
         elif scratch.exists():
             print(f"  scratch project kept: {scratch}", flush=True)
-    return Measure()
-
-
-def stream_repro(dvc: str, repo: Path, env: dict[str, str], log_path: Path, limit: float):
-    """Run ``dvc repro`` in ``repo`` with its output in ``log_path``, printing each stage as it starts; stopped
-    (with every stage process) after ``limit`` seconds. Returns (exit code, timed out, [(stage, seconds)],
-    total seconds)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([dvc, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
-                            start_new_session=True)
-    expired = threading.Event()
-
-    def on_limit():
-        expired.set()
-        stop_group(proc)
-
-    timer = threading.Timer(limit, on_limit)
-    timer.daemon = True
-    timer.start()
-    starts: list[tuple[str, float]] = []
-    try:
-        with open(log_path, "w", encoding="utf-8") as log:
-            for line in proc.stdout:
-                log.write(line)
-                if line.startswith("Running stage"):
-                    name = line.split("'")[1] if line.count("'") >= 2 else line.strip()
-                    now = time.perf_counter() - start
-                    starts.append((name, now))
-                    print(f"    [{now:6.1f} s] {name}", flush=True)
-        rc = proc.wait()
-    finally:
-        timer.cancel()
-        stop_group(proc)
-    total = time.perf_counter() - start
-    ends = [t for _, t in starts[1:]] + [total]
-    stages = [(name, end - t) for (name, t), end in zip(starts, ends, strict=True)]
-    return rc, expired.is_set(), stages, total
+    return Rate()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,7 +311,7 @@ def num_foreground() -> int:
     return len(VOC_CLASSES) - 1
 
 
-PLAN: list[tuple[str, str, Callable[[Context, float], Measure]]] = [
+PLAN = [  # (key, title, part): the order they run in
     ("cls", "1a train_cls, no AReAM", lambda ctx, s: part_cls(ctx, s, aream_on=False)),
     ("cls", "1b train_cls + AReAM", lambda ctx, s: part_cls(ctx, s, aream_on=True)),
     ("cams", "2  CAM export", part_cams),
@@ -505,74 +341,6 @@ def on_sigterm(signum, frame) -> None:
     raise Interrupted("SIGTERM")
 
 
-def free_memory(device) -> None:
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def run_row(row: Row, fn: Callable[[Context, float], Measure], ctx: Context, allowance: float) -> None:
-    import torch
-
-    print(f"\n== {row.title} (allowance {allowance:.0f} s)", flush=True)
-    start = time.perf_counter()
-    try:
-        free_memory(ctx.device)
-        m = fn(ctx, allowance)
-        row.status = "ok"
-        row.images_per_second, row.ms_per_step, row.steps = m.images_per_second, m.ms_per_step, m.steps
-    except Interrupted:
-        row.status = "INTERRUPTED"
-        raise
-    except Exception as err:  # noqa: BLE001 - a part's failure is reported and the next part runs
-        row.status = f"FAILED ({type(err).__name__})"
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        print(f"FAILED {row.title}: {type(err).__name__}: {first}", flush=True)
-        lines = traceback.format_exc().rstrip().splitlines()
-        print("  " + "\n  ".join(lines[-16:]), flush=True)
-    finally:
-        row.wall_s = time.perf_counter() - start
-        if ctx.device.type == "cuda" and row.part != "dag":
-            try:
-                row.peak_gib = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-            except Exception:  # noqa: BLE001 - a broken CUDA context has no figure
-                row.peak_gib = None
-    if row.status == "ok" and row.images_per_second is not None:
-        print(f"  -> {row.images_per_second:.1f} images/s, {row.ms_per_step:.1f} ms/step over {row.steps} timed steps"
-              + (f", peak {row.peak_gib:.2f} GiB" if row.peak_gib is not None else ""), flush=True)
-
-
-def table(rows: list[Row]) -> str:
-    def num(v, fmt):
-        return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0].rstrip("d")))
-
-    lines = [f"{'part':24s} {'images/s':>9s} {'ms/step':>9s} {'steps':>5s} {'peak GiB':>9s} {'wall s':>7s}  status"]
-    for r in rows:
-        lines.append(f"{r.title:24s} {num(r.images_per_second, '9.1f')} {num(r.ms_per_step, '9.1f')} "
-                     f"{num(r.steps, '5d')} {num(r.peak_gib, '9.2f')} {num(r.wall_s, '7.1f')}  {r.status}")
-    return "\n".join(lines)
-
-
-def describe_device(device) -> str:
-    import torch
-
-    text = f"torch {torch.__version__}, CUDA {torch.version.cuda}, device {device}"
-    if device.type == "cuda":
-        try:
-            props = torch.cuda.get_device_properties(device)
-            text += (f": {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}."
-                     f"{props.minor}, bf16 {torch.cuda.is_bf16_supported()}")
-        except Exception as err:  # noqa: BLE001 - a broken CUDA context must not hide the summary
-            text += f" (properties unavailable: {type(err).__name__})"
-    else:
-        text += f" ({torch.get_num_threads()} threads)"
-    return text
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=f"python benchmarks/{Path(__file__).name}", description=plain_doc(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -599,14 +367,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        import torch
-
-        from pipeline.config import ConfigError
-    except ImportError as err:
-        print(f"error: the project's Python packages are missing ({err}); use the project's virtualenv "
+    if MISSING is not None:
+        print(f"error: the project's Python packages are missing ({MISSING}); use the project's virtualenv "
               "(make setup) or install requirements.txt", file=sys.stderr)
         return 2
+    from pipeline.config import ConfigError
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         if shutil.which("nvidia-smi"):
             print(f"error: nvidia-smi is present but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no "
@@ -625,44 +391,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    budget_end = time.perf_counter() + args.budget_s
     ctx = Context(args, params, device, warmup=1 if args.quick else 3, steps=2 if args.quick else 10)
     print(f"gpu check: {describe_device(device)}; budget {args.budget_s:.0f} s; parts {','.join(args.parts)}"
           f"{'; quick sizes' if args.quick else ''}", flush=True)
-
     signal.signal(signal.SIGTERM, on_sigterm)
-    plan = [(key, title, fn) for key, title, fn in PLAN if key in args.parts]
-    rows = [Row(key, title) for key, title, _ in plan]
-    reserve = args.dag_reserve_s if "dag" in args.parts else 0.0
-    code = 0
-    started = time.perf_counter()
+    parts = [Part(key, title, lambda s, fn=fn: fn(ctx, s), timed=key != "dag")
+             for key, title, fn in PLAN if key in args.parts]
+    started, code = time.perf_counter(), 0
     try:
-        for i, (row, (_, _, fn)) in enumerate(zip(rows, plan, strict=True)):
-            left = budget_end - time.perf_counter()
-            if row.part == "dag":
-                allowance = left
-                minimum = 30.0
-            else:
-                later = sum(1 for r in rows[i:] if r.part != "dag")
-                allowance = (left - reserve) / later
-                minimum = 0.0
-            if allowance <= minimum:
-                row.status = "SKIPPED (out of time)"
-                print(f"\n== {row.title}: skipped, {max(left, 0):.0f} s of the budget left", flush=True)
-                continue
-            run_row(row, fn, ctx, allowance)
+        rows = run_plan(parts, device, args.budget_s, args.dag_reserve_s if "dag" in args.parts else 0.0)
     except (Interrupted, KeyboardInterrupt) as err:
-        name = "SIGTERM (the global timeout)" if isinstance(err, Interrupted) else "Ctrl-C"
-        print(f"\nstopped by {name}", flush=True)
-        for row in rows:
-            if row.status == "not run":
-                row.status = "not run (stopped)"
-        code = 124 if isinstance(err, Interrupted) else 130
+        print(f"\nstopped by {'SIGTERM (the global timeout)' if isinstance(err, Interrupted) else 'Ctrl-C'}",
+              flush=True)
+        rows, code = err.rows, 124 if isinstance(err, Interrupted) else 130
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the summary print (gpu_check.sh kills 15 s later)
-    print(f"\n== summary ({describe_device(device)}; {time.perf_counter() - started:.0f} s)\n{table(rows)}", flush=True)
+    print(f"\n== summary ({describe_device(device)}; {time.perf_counter() - started:.0f} s)\n{summary(rows)}",
+          flush=True)
     if args.skip_dag:
         print("(part 5, the smoke DAG, left out: --skip-dag)")
-    failed = [r.title.split()[0] for r in rows if not r.passed]
+    failed = [r.part.title.split()[0] for r in rows if not r.passed]
     if code == 0 and failed:
         code = 1
     print("gpu check: " + ("passed" if code == 0 else f"FAILED (parts {', '.join(failed)})"), flush=True)
