@@ -48,7 +48,7 @@ def bench(params: Params, num_classes: int, device: torch.device, steps: int, la
     for variant in (False, True):  # warm-up (allocations, kernels)
         _step(model, opt, images, targets, params, variant, autocast, scaler)
     for variant in (False, True):
-        reset_peak_memory(device)
+        reset_peak_memory(device, release=False)  # keep the allocator's blocks: the steps are warm
         for _ in range(steps):
             sync(device)
             start = time.perf_counter()

@@ -55,10 +55,10 @@ try:
     import torch
 
     from pipeline.config import plain_doc
-    from pipeline.tools.measure import (Interrupted, Part, Rate, check_finite, describe_device, image_label_pairs,
-                                        multi_hot, run_plan, summary, timed_steps)
+    from pipeline.tools.measure import (Interrupted, Part, Rate, Row, check_finite, describe_device,
+                                        image_label_pairs, multi_hot, run_plan, summary, timed_steps)
     MISSING = None
-except ImportError as err:  # without the project's packages --help still works; main() says what is missing
+except (ImportError, OSError) as err:  # missing packages or torch libraries: --help works, main() says so
     MISSING = err
 
     def plain_doc(doc: str | None) -> str:
@@ -394,16 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args, params, device, warmup=1 if args.quick else 3, steps=2 if args.quick else 10)
     print(f"gpu check: {describe_device(device)}; budget {args.budget_s:.0f} s; parts {','.join(args.parts)}"
           f"{'; quick sizes' if args.quick else ''}", flush=True)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    parts = [Part(key, title, lambda s, fn=fn: fn(ctx, s), timed=key != "dag")
-             for key, title, fn in PLAN if key in args.parts]
+    rows = [Row(Part(title, lambda s, fn=fn: fn(ctx, s), timed=key != "dag"))
+            for key, title, fn in PLAN if key in args.parts]
     started, code = time.perf_counter(), 0
     try:
-        rows = run_plan(parts, device, args.budget_s, args.dag_reserve_s if "dag" in args.parts else 0.0)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        run_plan(rows, device, args.budget_s, args.dag_reserve_s if "dag" in args.parts else 0.0)
     except (Interrupted, KeyboardInterrupt) as err:
         print(f"\nstopped by {'SIGTERM (the global timeout)' if isinstance(err, Interrupted) else 'Ctrl-C'}",
               flush=True)
-        rows, code = err.rows, 124 if isinstance(err, Interrupted) else 130
+        code = 124 if isinstance(err, Interrupted) else 130
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the summary print (gpu_check.sh kills 15 s later)
     print(f"\n== summary ({describe_device(device)}; {time.perf_counter() - started:.0f} s)\n{summary(rows)}",
           flush=True)

@@ -27,7 +27,7 @@ import torch
 
 
 class Interrupted(BaseException):
-    """A stop asked for from outside (SIGTERM): the plan ends, its table still prints."""
+    """A stop asked for from outside (SIGTERM): :func:`run_plan` marks the parts not run and lets it through."""
 
 
 @dataclass
@@ -87,12 +87,15 @@ def check_finite(value: torch.Tensor, what: str) -> None:
         raise FloatingPointError(f"{what} is not finite after the timed steps")
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Free what the last part left and start a new peak (GPU); the CPU's high-water mark cannot be reset."""
-    gc.collect()
+def reset_peak_memory(device: torch.device, release: bool = True) -> None:
+    """Start a new peak (GPU); with ``release``, first free what the last part left (garbage, the allocator's cached
+    blocks: the next allocations pay for fresh ones). The CPU's high-water mark cannot be reset."""
+    if release:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        if release:
+            torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -159,7 +162,6 @@ def image_label_pairs(n: int, heights: tuple[int, int], widths: tuple[int, int],
 class Part:
     """One measured part: ``run(allowance_s)`` returns its :class:`Rate`; ``timed`` False for a part that is run
     for its outcome only (it gets the whole rest of the budget, after every timed part)."""
-    key: str
     title: str
     run: Callable[[float], Rate]
     timed: bool = True
@@ -181,14 +183,15 @@ class Row:
 
 def run_part(row: Row, allowance: float, device: torch.device) -> None:
     """Run one part into ``row``: its rate, its peak memory (timed parts on a GPU), its wall time; an exception is
-    printed (first line and the end of the traceback) and recorded as FAILED, except :class:`Interrupted`."""
+    printed (first line and the end of the traceback) and recorded as FAILED; a stop (:class:`Interrupted`,
+    Ctrl-C) is recorded as INTERRUPTED and let through."""
     print(f"\n== {row.part.title} (allowance {allowance:.0f} s)", flush=True)
     start = time.perf_counter()
     try:
         reset_peak_memory(device)
         row.rate = row.part.run(allowance)
         row.status = "ok"
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         row.status = "INTERRUPTED"
         raise
     except Exception as err:  # noqa: BLE001 - a part's failure is reported and the next part runs
@@ -210,14 +213,13 @@ def run_part(row: Row, allowance: float, device: torch.device) -> None:
               f"{row.rate.steps} timed steps{peak}", flush=True)
 
 
-def run_plan(parts: Sequence[Part], device: torch.device, budget_s: float, reserve_s: float = 0.0,
-             min_untimed_s: float = 30.0) -> list[Row]:
-    """Run ``parts`` in order within ``budget_s`` seconds. Each timed part gets an equal share of what is left
-    after ``reserve_s`` (kept for the untimed parts); an untimed part gets all that is left, and is skipped under
-    ``min_untimed_s``. A part with no time left is SKIPPED. :class:`Interrupted` / Ctrl-C propagate after marking
-    the parts not run; the rows so far are in the exception's ``rows`` attribute."""
+def run_plan(rows: Sequence[Row], device: torch.device, budget_s: float, reserve_s: float = 0.0,
+             min_untimed_s: float = 30.0) -> None:
+    """Run the parts of ``rows`` in order within ``budget_s`` seconds, filling each row. Each timed part gets an
+    equal share of what is left after ``reserve_s`` (kept for the untimed parts); an untimed part gets all that is
+    left, and is skipped under ``min_untimed_s``. A part with no time left is SKIPPED. :class:`Interrupted` and
+    Ctrl-C propagate after the parts not run are marked so; the caller holds the rows for its summary."""
     end = time.perf_counter() + budget_s
-    rows = [Row(p) for p in parts]
     try:
         for i, row in enumerate(rows):
             left = end - time.perf_counter()
@@ -230,13 +232,11 @@ def run_plan(parts: Sequence[Part], device: torch.device, budget_s: float, reser
                 print(f"\n== {row.part.title}: skipped, {max(left, 0):.0f} s of the budget left", flush=True)
                 continue
             run_part(row, allowance, device)
-    except (Interrupted, KeyboardInterrupt) as err:
+    except (Interrupted, KeyboardInterrupt):
         for row in rows:
             if row.status == "not run":
                 row.status = "not run (stopped)"
-        err.rows = rows
         raise
-    return rows
 
 
 def summary(rows: Sequence[Row]) -> str:

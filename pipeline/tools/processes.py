@@ -141,8 +141,9 @@ def disk_usage(path: Path) -> tuple[int, int, int]:
 
 @dataclass
 class CommandRun:
-    """What :func:`measure_command` saw: exit code, wall seconds, the largest resident set of any one process
-    (MB), the peak of the tree's summed PSS (MB) and the most processes at once."""
+    """What :func:`measure_command` saw: exit code, wall seconds, the peak resident set (MB) of the command's process
+    or of any descendant it waited for (``wait4``; not of orphaned ones), the peak of the tree's summed PSS (MB)
+    and the most processes at once."""
     returncode: int
     wall_s: float
     peak_rss_mb: float

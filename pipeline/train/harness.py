@@ -5,6 +5,8 @@ A trainer brings a model, a loss step and its data; this module brings the rest:
 - :func:`setup_distributed` / :func:`teardown`: the process group of a ``torchrun`` launch (NCCL on CUDA,
   gloo on CPU) and this process's device; :func:`wrap` / :func:`unwrap` for DistributedDataParallel;
   :func:`all_reduce_sum` for per-epoch statistics;
+- :func:`epoch_seed`: the torch seed of an epoch's sample order and of its dropout masks (per-sample
+  augmentation draws from ``numpy.random.default_rng([seed, epoch, index])`` in each trainer instead);
 - :func:`epoch_order`: the seeded sample order of an epoch, padded by wrapping to a multiple of the
   number of processes and split by rank, so that every process runs the same number of steps (an
   uneven split hangs DDP at the last step of the longer process);
@@ -129,16 +131,17 @@ def gather_shards(local: list, num_items: int, dist: Distributed) -> list:
 # ---------------------------------------------------------------------------------------------
 
 
-ORDER_STREAM, DROPOUT_STREAM = 0, 1  # the random streams an epoch draws from (see epoch_seed)
-STREAM_STRIDE = 0x9E3779B1  # 2,654,435,761: puts each stream's seeds far from the other stream's
+ORDER_STREAM, DROPOUT_STREAM = 0, 1  # the two torch streams an epoch draws from (see epoch_seed)
+STREAM_STRIDE = 0x9E3779B1  # 2,654,435,761: the dropout stream's offset from the order stream's seeds
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = ORDER_STREAM) -> int:
-    """The one seed of ``stream`` in ``epoch`` of a run seeded with ``seed``; every per-epoch generator of the
-    trainers is seeded here. Stream 0 is the sample order of :func:`epoch_order`; stream 1 the global torch
-    generator a trainer reseeds for its dropout masks. The value is taken modulo 2**32 because torch's CPU
-    generator keeps only the low 32 bits of a seed (a larger offset would give the same stream); for seeds
-    below 4,000 and epochs below 100,000 no two (seed, epoch, stream) share a seed."""
+    """The torch seed of ``stream`` in ``epoch`` of a run seeded with ``seed``: stream 0 seeds the sample order of
+    :func:`epoch_order`, stream 1 the global torch generator a trainer reseeds for its dropout masks. The value is
+    taken modulo 2**32 because torch's CPU generator keeps only the low 32 bits of a seed (seeds 2**32 apart give
+    the same draws); for seeds below 4,000 and epochs below 100,000 no two (seed, epoch, stream) share a seed."""
+    if stream not in (ORDER_STREAM, DROPOUT_STREAM):
+        raise ValueError(f"stream must be {ORDER_STREAM} (sample order) or {DROPOUT_STREAM} (dropout), got {stream}")
     return (seed * 1_000_003 + epoch + stream * STREAM_STRIDE) % 2**32
 
 

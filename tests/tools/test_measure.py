@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pipeline.config import ROOT
-from pipeline.tools.measure import (Part, Rate, image_label_pairs, multi_hot, peak_memory_mib, run_plan, summary,
-                                    timed_steps)
+from pipeline.tools.measure import (Interrupted, Part, Rate, Row, image_label_pairs, multi_hot, peak_memory_mib,
+                                    run_plan, summary, timed_steps)
 
 CPU = torch.device("cpu")
 
@@ -63,12 +63,14 @@ def test_run_plan_shares_the_budget_reports_a_failure_and_runs_on(capsys):
     def broken(allowance: float) -> Rate:
         raise ValueError("no such layer")
 
-    parts = [Part("a", "1 first", ok("a")), Part("b", "2 broken", broken), Part("c", "3 third", ok("c")),
-             Part("d", "4 untimed", ok("d"), timed=False)]
-    rows = run_plan(parts, CPU, budget_s=600.0, reserve_s=300.0, min_untimed_s=30.0)
+    rows = [Row(Part("1 first", ok("a"))), Row(Part("2 broken", broken)), Row(Part("3 third", ok("c"))),
+            Row(Part("4 untimed", ok("d"), timed=False))]
+    run_plan(rows, CPU, budget_s=600.0, reserve_s=300.0, min_untimed_s=30.0)
     assert [r.status for r in rows] == ["ok", "FAILED (ValueError)", "ok", "ok"]
+    assert [name for name, _ in seen] == ["a", "c", "d"]
     assert 99.0 < seen[0][1] <= 100.0  # (600 - 300 reserved) / 3 timed parts
-    assert seen[-1][0] == "d" and seen[-1][1] > 500.0  # the untimed part gets what is left
+    assert 299.0 < seen[1][1] <= 300.0  # after the two quick parts: (600 - 300) / the 1 timed part left
+    assert 590.0 < seen[2][1] <= 600.0  # the untimed part gets what is left, the reserve included
     out = capsys.readouterr().out
     assert "FAILED 2 broken: ValueError: no such layer" in out
     table = summary(rows)
@@ -76,8 +78,20 @@ def test_run_plan_shares_the_budget_reports_a_failure_and_runs_on(capsys):
 
 
 def test_run_plan_skips_what_the_budget_cannot_hold():
-    rows = run_plan([Part("d", "untimed", lambda s: Rate(), timed=False)], CPU, budget_s=10.0, min_untimed_s=30.0)
-    assert rows[0].status == "SKIPPED (out of time)"
+    rows = [Row(Part("timed", lambda s: Rate())), Row(Part("untimed", lambda s: Rate(), timed=False))]
+    run_plan(rows, CPU, budget_s=10.0, reserve_s=10.0, min_untimed_s=30.0)
+    assert [r.status for r in rows] == ["SKIPPED (out of time)"] * 2  # the reserve takes it all; 10 s < 30 s
+
+
+@pytest.mark.parametrize("stop", [Interrupted, KeyboardInterrupt])
+def test_a_stopped_plan_marks_what_did_not_run(stop):
+    def stopped(allowance: float) -> Rate:
+        raise stop()
+
+    rows = [Row(Part("1", lambda s: Rate(1.0, 1.0, 1))), Row(Part("2", stopped)), Row(Part("3", lambda s: Rate()))]
+    with pytest.raises(stop):
+        run_plan(rows, CPU, budget_s=60.0)
+    assert [r.status for r in rows] == ["ok", "INTERRUPTED", "not run (stopped)"]
 
 
 def test_synthetic_inputs_have_the_promised_shapes_and_values():
@@ -90,7 +104,9 @@ def test_synthetic_inputs_have_the_promised_shapes_and_values():
         assert 30 <= label.shape[0] <= 40 and 50 <= label.shape[1] <= 60
         values = set(np.unique(label).tolist())
         assert values <= {*range(21), 255} and values - {0, 255}  # at least one object
-    assert peak_memory_mib(CPU) > 10  # this process's high-water mark
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    high_water_mib = int(status["VmHWM"].split()[0]) / 1024  # the kernel's own figure, kB
+    assert abs(peak_memory_mib(CPU) - high_water_mib) <= 0.05 * high_water_mib + 16
 
 
 @pytest.mark.slow

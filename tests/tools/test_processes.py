@@ -27,7 +27,7 @@ def test_measure_command_sees_the_exit_code_and_the_peak_memory_of_a_child(tmp_p
     run = measure_command([sys.executable, "-c", code], tmp_path, dict(os.environ), tmp_path / "log", interval=0.05)
     assert run.returncode == 3
     assert run.peak_rss_mb > 200  # the 200 MiB the child touched, as wait4 saw it
-    assert run.wall_s > 0 and run.tree_peak_procs >= 1
+    assert run.tree_peak_mb > 0 and run.wall_s > 0
 
 
 def test_terminate_tree_stops_a_process_and_its_children():
@@ -39,8 +39,15 @@ def test_terminate_tree_stops_a_process_and_its_children():
     assert len(tree) == 3 and tree[0] == proc.pid
     terminate_tree(proc.pid, grace=5.0)
     time.sleep(0.2)
-    assert not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
-                   for p in tree[1:])
+    assert not [p for p in tree[1:] if _running(p)]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _fake_dvc(tmp_path: Path, body: str) -> str:
@@ -57,7 +64,7 @@ def test_stream_repro_times_each_stage_from_dvcs_lines(tmp_path, capsys):
     assert run.returncode == 0 and not run.timed_out
     assert [name for name, _ in run.stages] == ["prepare", "train"]
     assert run.stages[0][1] >= 0.2  # the 0.3 s sleep, give or take the pipe
-    assert sum(s for _, s in run.stages) <= run.seconds  # from each start to the next; the last to the end
+    assert run.seconds >= 0.3 and run.stages[1][1] < 5  # the last stage lasts to the end
     assert "done in 0.1 s" in (tmp_path / "repro.log").read_text()
     assert "prepare" in capsys.readouterr().out
 

@@ -1,10 +1,11 @@
 """The shared training harness: padded per-process order, batches, checkpoints, curves, progress lines."""
 
+import pytest
 import torch
 
 from pipeline.common.progress import progress
 from pipeline.common.grouping import groups_of
-from pipeline.train.harness import DROPOUT_STREAM, Checkpoint, Distributed, epoch_order, epoch_seed
+from pipeline.train.harness import DROPOUT_STREAM, STREAM_STRIDE, Checkpoint, Distributed, epoch_order, epoch_seed
 
 
 def test_epoch_order_pads_so_every_process_gets_the_same_count():
@@ -24,14 +25,19 @@ def test_epoch_seed_is_one_mixer_with_disjoint_streams():
     assert epoch_seed(0, 0) == 0 and epoch_seed(2, 5) == 2_000_011  # 2 * 1,000,003 + 5
     assert epoch_seed(2, 5, DROPOUT_STREAM) == 2_000_011 + 2_654_435_761  # below 2**32: no wrap
     assert epoch_seed(2000, 5, DROPOUT_STREAM) == (2_000_006_005 + 2_654_435_761) % 2**32  # wraps to 32 bits
-    seeds = {epoch_seed(s, e, k) for s in [*range(20), 1640, 1641, 3999] for e in [*range(50), 99_999]
-             for k in (0, DROPOUT_STREAM)}
-    assert len(seeds) == 23 * 51 * 2 and max(seeds) < 2**32
+    # the docstring's promise, exactly: stream 0 never wraps for seeds < 4,000 and epochs < 100,000, and a stream-1
+    # seed equals a stream-0 seed only where stride (or stride - 2**32) = d * 1,000,003 + (e0 - e1) with |d| < 4,000
+    # and |e0 - e1| < 100,000, which no d allows
+    assert 3_999 * 1_000_003 + 99_999 < 2**32
+    for offset in (STREAM_STRIDE, STREAM_STRIDE - 2**32):
+        assert min(abs(offset - d * 1_000_003) for d in range(-3_999, 4_000)) >= 100_000
     g = torch.Generator().manual_seed(epoch_seed(4, 1))  # epoch_order draws from stream 0
     assert epoch_order(9, 4, 1) == torch.randperm(9, generator=g).tolist()
     # the streams differ in what torch's CPU generator draws (it keeps the low 32 bits of a seed only)
     draws = [torch.rand(4, generator=torch.Generator().manual_seed(epoch_seed(0, 0, k))) for k in (0, 1)]
     assert not torch.equal(*draws)
+    with pytest.raises(ValueError, match="stream must be"):
+        epoch_seed(0, 0, 2)  # a third stream would not keep the promise above
 
 
 def test_checkpoint_resumes_only_under_its_tag_and_is_gone_when_finished(tmp_path, capsys):
