@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     th = args.threads
-    p = load_params()
+    p = load_params(overrides={"classifier": {"pretrained": "none"}})  # random weights time the same; no build
     cc, cams, toy = p.classifier, p.cams, p.dataset.toy
     C = toy.num_classes
     torch.manual_seed(0)

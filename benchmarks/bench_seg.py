@@ -69,7 +69,7 @@ def bench_infer(model, images: list[torch.Tensor], scales, flip: bool, amp: bool
 
 
 def run_device(device: torch.device, n_train: int, n_images: int) -> None:
-    params = load_params()
+    params = load_params(overrides={"seg": {"encoder_weights": "none"}})  # random weights time the same
     cfg = params.seg
     print(f"\n== {device} ({torch.get_num_threads()} threads) | {cfg.arch}/{cfg.encoder}, crop {cfg.crop_size}, "
           f"batch {cfg.batch_size}, {NUM_CLASSES} classes")

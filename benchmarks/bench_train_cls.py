@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = load_params()
+    params = load_params(overrides={"classifier": {"pretrained": "none"}})  # random weights time the same
     num_classes = params.dataset.toy.num_classes
     toy = params.model_copy(update={"runtime": params.runtime.model_copy(update={"device": "cpu"})})
     bench(toy, num_classes, torch.device("cpu"), args.steps, f"toy on CPU ({torch.get_num_threads()} threads)")
