@@ -2,8 +2,9 @@
 peak resident set, its outputs' size on disk; stopping a tree; ``dvc repro`` streamed stage by stage.
 
 - :func:`measure_command` runs a command to its end with its output in a log file and returns a
-  :class:`CommandRun`: exit code, wall seconds, the peak resident set of any one of its processes (``wait4``)
-  and the peak of the whole tree's memory (the sum of PSS, sampled by a :class:`TreeSampler`).
+  :class:`CommandRun`: exit code, wall seconds, the peak resident set of the command or of a descendant it
+  waited for (``wait4``) and the peak of the whole tree's memory (the sum of PSS, sampled by a
+  :class:`TreeSampler`).
 - :func:`stream_repro` runs ``dvc repro`` under a time limit, printing each stage as it starts, and returns a
   :class:`ReproRun` with every stage's share of the time.
 - :func:`disk_usage` is ``du``'s allocated bytes, with the apparent bytes and the file count.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -46,8 +47,9 @@ def test_growth_separates_fixed_costs_from_per_image_work(bench):
 def test_tables_of_a_saved_run(tmp_path):
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps({"presets": {"voc": sizes()}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--tables", str(saved)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     rows: dict[str, list[str]] = {}  # the first table's rows (the second one lists the same stages)
     for line in proc.stdout.splitlines():

@@ -110,8 +110,10 @@ def test_synthetic_inputs_have_the_promised_shapes_and_values():
 
 
 @pytest.mark.slow
-def test_the_gpu_check_runs_on_the_cpu_at_its_tiny_sizes():
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+def test_the_gpu_check_runs_on_the_cpu_at_its_tiny_sizes(tmp_path):
+    # every network from random weights; offline hubs and empty caches make any fetch fail instead of downloading
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--device", "cpu", "--quick",
                            "--skip-dag", "--parts", "cls,cams,psa"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
